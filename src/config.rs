@@ -1,0 +1,135 @@
+//! The service's configuration: command-line flags, each also readable from
+//! an environment variable, with defaults that work on a developer machine.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::storage::PoolOptions;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "customers",
+    version,
+    about = "gRPC service that owns billing customers"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings of `serve`, the default command.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve(ServeConfig),
+    /// Apply pending database migrations, then exit.
+    Migrate(DatabaseConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "CUSTOMERS_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, env = "CUSTOMERS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Rows ListCustomers reads per query.
+    #[arg(long, env = "CUSTOMERS_STREAM_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub stream_batch_size: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL. Unset: the service runs its own PostgreSQL cluster
+    /// under --data-dir, from the installed server binaries.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the embedded PostgreSQL keeps its data (only without
+    /// DATABASE_URL).
+    #[arg(long, env = "CUSTOMERS_DATA_DIR", default_value = ".customers-data")]
+    pub data_dir: PathBuf,
+
+    /// Most database connections open at once.
+    #[arg(long, env = "CUSTOMERS_POOL_MAX_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pool_max_size: u32,
+
+    /// How long a call waits for a database connection before failing with
+    /// UNAVAILABLE (e.g. "5s", "500ms").
+    #[arg(long, env = "CUSTOMERS_POOL_ACQUIRE_TIMEOUT", default_value = "5s",
+          value_parser = parse_duration)]
+    pub pool_acquire_timeout: Duration,
+
+    /// Server-side limit on any one SQL statement.
+    #[arg(long, env = "CUSTOMERS_STATEMENT_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    pub fn pool_options(&self) -> PoolOptions {
+        PoolOptions {
+            max_size: self.pool_max_size as usize,
+            acquire_timeout: self.pool_acquire_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_subcommands_parse() {
+        let cli = Cli::try_parse_from(["customers"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen.port(), 50051);
+        assert_eq!(
+            cli.serve.database.pool_acquire_timeout,
+            Duration::from_secs(5)
+        );
+
+        let cli = Cli::try_parse_from(["customers", "migrate", "--database-url", "postgres://x"])
+            .unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate(_))));
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        for args in [
+            &["customers", "--listen", "nowhere"][..],
+            &["customers", "--pool-acquire-timeout", "0s"],
+            &["customers", "--pool-max-size", "0"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The service's one error type, and the one place where errors become gRPC
+//! statuses (AIP-193: an `ErrorInfo` on every error, a `BadRequest` listing
+//! every bad field on `INVALID_ARGUMENT`).
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{CustomerId, FieldViolation};
+
+/// `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "customers.v1";
+
+/// Which unique key a write collided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Email,
+    ExternalId,
+    ProviderId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the request has invalid fields")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("customer not found")]
+    NotFound,
+    #[error("{} is already held by another active customer", key_name(*.key))]
+    AlreadyExists {
+        key: Key,
+        /// The customer holding the key, when known.
+        holder: Option<CustomerId>,
+    },
+    #[error("the etag does not match the customer's current etag")]
+    EtagMismatch,
+    #[error("the customer is archived and can no longer be updated")]
+    Archived,
+    #[error("the customer is deleted")]
+    Deleted,
+    #[error("the request conflicted with a concurrent write; retry it")]
+    Contention,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn key_name(key: Key) -> &'static str {
+    match key {
+        Key::Email => "the email",
+        Key::ExternalId => "the external id",
+        Key::ProviderId => "a provider id",
+    }
+}
+
+impl Error {
+    /// The stable, machine-readable `ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_FIELDS",
+            Error::NotFound => "CUSTOMER_NOT_FOUND",
+            Error::AlreadyExists { key, .. } => match key {
+                Key::Email => "EMAIL_TAKEN",
+                Key::ExternalId => "EXTERNAL_ID_TAKEN",
+                Key::ProviderId => "PROVIDER_ID_TAKEN",
+            },
+            Error::EtagMismatch => "ETAG_MISMATCH",
+            Error::Archived => "CUSTOMER_ARCHIVED",
+            Error::Deleted => "CUSTOMER_DELETED",
+            Error::Contention => "CONCURRENT_MODIFICATION",
+            Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::EtagMismatch | Error::Contention => Code::Aborted,
+            Error::Archived | Error::Deleted => Code::FailedPrecondition,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// A single invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Error {
+        Error::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let mut metadata = HashMap::new();
+        if let Error::AlreadyExists {
+            holder: Some(holder),
+            ..
+        } = &error
+        {
+            metadata.insert("customer_id".to_owned(), holder.to_string());
+        }
+        let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
+        if let Error::InvalidArgument(violations) = &error {
+            details.set_bad_request(
+                violations
+                    .iter()
+                    .map(|v| tonic_types::FieldViolation::new(&v.field, &v.description))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let message = match &error {
+            // Internal details go to the log, not to the caller.
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error".to_owned()
+            }
+            Error::InvalidArgument(violations) => {
+                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+                format!("invalid fields: {}", fields.join(", "))
+            }
+            other => other.to_string(),
+        };
+        Status::with_error_details(error.code(), message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_reason_and_violations() {
+        let status = Status::from(Error::InvalidArgument(vec![
+            FieldViolation {
+                field: "customer.email".into(),
+                description: "is required".into(),
+            },
+            FieldViolation {
+                field: "customer.phone".into(),
+                description: "bad".into(),
+            },
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "INVALID_FIELDS");
+        assert_eq!(details.bad_request().unwrap().field_violations.len(), 2);
+
+        let holder = CustomerId::generate();
+        let status = Status::from(Error::AlreadyExists {
+            key: Key::Email,
+            holder: Some(holder),
+        });
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let info = status.get_error_details().error_info().unwrap().clone();
+        assert_eq!(info.reason, "EMAIL_TAKEN");
+        assert_eq!(info.metadata["customer_id"], holder.to_string());
+
+        let status = Status::from(Error::Internal("secret detail".into()));
+        assert!(!status.message().contains("secret"));
+    }
+}

@@ -1,0 +1,13 @@
+//! The customer service: a gRPC API over PostgreSQL that owns billing
+//! customers. See README.md.
+
+pub mod config;
+pub mod conversions;
+pub mod domain;
+pub mod embedded_pg;
+pub mod error;
+pub mod pb;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,272 @@
+//! The gRPC handlers of `customers.v1.CustomerService`. They translate
+//! requests into domain calls and results back; validation lives in
+//! `domain`, SQL in `storage`, status codes in `error`.
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    conversions,
+    domain::{self, AppId, CustomerFields, ListFilter, Patch},
+    error::Error,
+    pb::{self, customer_service_server::CustomerService},
+    storage::{
+        Pool,
+        customers::{self as store, Lookup, Position},
+    },
+};
+
+/// How ListCustomers reads.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Rows per keyset query; also the depth of the channel to the client.
+    pub batch_size: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self { batch_size: 500 }
+    }
+}
+
+/// The service's state: nothing but shared handles, so any replica can serve
+/// any call.
+#[derive(Clone)]
+pub struct CustomerApi {
+    pool: Pool,
+    stream: StreamOptions,
+    /// Cancelled when the server shuts down: open streams end.
+    shutdown: CancellationToken,
+}
+
+impl CustomerApi {
+    pub fn new(pool: Pool, stream: StreamOptions, shutdown: CancellationToken) -> Self {
+        Self {
+            pool,
+            stream,
+            shutdown,
+        }
+    }
+
+    /// The app a request acts on. Until authentication exists, the default.
+    fn app<T>(&self, _request: &Request<T>) -> AppId {
+        AppId::DEFAULT
+    }
+}
+
+/// Runs a write in its own task, so that a client that goes away cannot
+/// cancel it halfway (a cancelled transaction future leaves its connection
+/// in an unknown state).
+async fn to_completion<T: Send + 'static>(
+    write: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(write).await {
+        Ok(result) => result.map_err(Status::from),
+        Err(e) => Err(Error::Internal(format!("write task failed: {e}")).into()),
+    }
+}
+
+fn required<T>(field: &str, value: Option<T>) -> Result<T, Status> {
+    value.ok_or_else(|| Error::invalid(field, "is required").into())
+}
+
+#[tonic::async_trait]
+impl CustomerService for CustomerApi {
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
+        let app = self.app(&request);
+        let customer = required("customer", request.into_inner().customer)?;
+        let fields = CustomerFields::from(customer).validate("customer.")?;
+        let pool = self.pool.clone();
+        let (customer, created) =
+            to_completion(async move { store::create(&pool, app, &fields).await }).await?;
+        Ok(Response::new(pb::CreateCustomerResponse {
+            customer: Some(customer.into()),
+            created,
+        }))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
+        use pb::get_customer_request::Lookup as By;
+        let app = self.app(&request);
+        let lookup = match request.into_inner().lookup {
+            Some(By::Id(id)) => Lookup::Id(domain::parse_id("id", &id)?),
+            Some(By::ExternalId(id)) if !id.is_empty() => Lookup::ExternalId(id),
+            Some(By::ExternalId(_)) => return Err(Error::invalid("external_id", "is empty").into()),
+            Some(By::ProviderId(p)) => {
+                let mut v = domain::Violations::new("provider_id.");
+                if p.provider.is_empty() {
+                    v.add("provider", "is required");
+                }
+                if p.id.is_empty() {
+                    v.add("id", "is required");
+                }
+                v.into_result(Lookup::ProviderId {
+                    provider: p.provider,
+                    id: p.id,
+                })?
+            }
+            None => {
+                return Err(
+                    Error::invalid("lookup", "set one of id, external_id or provider_id").into(),
+                );
+            }
+        };
+        let customer = store::get(&self.pool, app, &lookup).await?;
+        Ok(Response::new(pb::GetCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+
+    async fn update_customer(
+        &self,
+        request: Request<pb::UpdateCustomerRequest>,
+    ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
+        let app = self.app(&request);
+        let request = request.into_inner();
+        let customer = required("customer", request.customer)?;
+        let id = domain::parse_id("customer.id", &customer.id)?;
+        let etag = conversions::etag(&customer.etag).map(str::to_owned);
+        let mask = request.update_mask.map(|m| m.paths);
+        let patch = Patch::new(mask.as_deref(), customer.into())?;
+        if patch.is_empty() {
+            return Err(Error::invalid(
+                "update_mask",
+                "names no field, and the customer sets none to write",
+            )
+            .into());
+        }
+        let pool = self.pool.clone();
+        let customer =
+            to_completion(
+                async move { store::update(&pool, app, id, etag.as_deref(), &patch).await },
+            )
+            .await?;
+        Ok(Response::new(pb::UpdateCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+
+    type ListCustomersStream = ReceiverStream<Result<pb::ListCustomersResponse, Status>>;
+
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<Self::ListCustomersStream>, Status> {
+        let app = self.app(&request);
+        let filter = ListFilter::try_from(request.into_inner())?;
+        let start = match filter.resume_after {
+            Some(id) => match store::position_of(&self.pool, app, id).await {
+                Ok(position) => Some(position),
+                Err(Error::NotFound) => {
+                    return Err(
+                        Error::invalid("resume_after", "names no customer of this app").into(),
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(self.stream.batch_size);
+        tokio::spawn(stream_customers(self.clone(), app, filter, start, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn archive_customer(
+        &self,
+        request: Request<pb::ArchiveCustomerRequest>,
+    ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
+        let app = self.app(&request);
+        let request = request.into_inner();
+        let id = domain::parse_id("id", &request.id)?;
+        let pool = self.pool.clone();
+        let customer = to_completion(async move {
+            store::archive(&pool, app, id, conversions::etag(&request.etag)).await
+        })
+        .await?;
+        Ok(Response::new(pb::ArchiveCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+
+    async fn delete_customer(
+        &self,
+        request: Request<pb::DeleteCustomerRequest>,
+    ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
+        let app = self.app(&request);
+        let request = request.into_inner();
+        let id = domain::parse_id("id", &request.id)?;
+        let pool = self.pool.clone();
+        let customer = to_completion(async move {
+            store::delete(&pool, app, id, conversions::etag(&request.etag)).await
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+}
+
+type StreamSender = mpsc::Sender<Result<pb::ListCustomersResponse, Status>>;
+
+/// Feeds a ListCustomers stream: one keyset query per batch, each sent
+/// through the bounded channel before the next is read, so memory stays at
+/// about two batches and a slow client slows the reads down. Stops as soon
+/// as the client goes away or the server shuts down.
+async fn stream_customers(
+    api: CustomerApi,
+    app: AppId,
+    filter: ListFilter,
+    mut after: Option<Position>,
+    tx: StreamSender,
+) {
+    let batch_size = api.stream.batch_size.max(1) as u64;
+    let mut remaining = filter.limit;
+    loop {
+        let want = remaining.map_or(batch_size, |r| r.min(batch_size));
+        let batch = tokio::select! {
+            _ = tx.closed() => return,
+            _ = api.shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the server is shutting down; resume the stream"))).await;
+                return;
+            }
+            batch = store::list_batch(&api.pool, app, &filter, after, want as i64) => batch,
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let complete = (batch.len() as u64) < want;
+        for customer in batch {
+            after = Some((customer.create_time, customer.id.uuid()));
+            let message = pb::ListCustomersResponse {
+                customer: Some(customer.into()),
+            };
+            tokio::select! {
+                sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                _ = api.shutdown.cancelled() => return,
+            }
+        }
+        if let Some(r) = &mut remaining {
+            *r -= want.min(*r);
+            if *r == 0 {
+                return;
+            }
+        }
+        if complete {
+            return;
+        }
+    }
+}

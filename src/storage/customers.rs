@@ -1,0 +1,539 @@
+//! The SQL of every customer operation. Each write is one transaction, and
+//! every query is scoped by the app.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::{dsl::now, prelude::*, sql_types};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::{
+    Pool, connect,
+    models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
+    schema::{customer_provider_ids as pids, customers as c},
+};
+use crate::{
+    domain::{AppId, Customer, CustomerId, ListFilter, Order, Patch, State, ValidFields},
+    error::{Error, Key},
+};
+
+#[diesel::declare_sql_function]
+extern "SQL" {
+    fn lower(x: sql_types::Nullable<sql_types::Text>) -> sql_types::Nullable<sql_types::Text>;
+}
+
+/// How often CreateCustomer retries when the customer holding its key
+/// vanishes (is archived) between the insert and the lookup.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// Customers of `app`.
+fn of_app(app: AppId) -> c::BoxedQuery<'static, diesel::pg::Pg> {
+    c::table.filter(c::app_id.eq(app.0)).into_boxed()
+}
+
+fn active_by_email(app: AppId, email: &str) -> c::BoxedQuery<'static, diesel::pg::Pg> {
+    of_app(app)
+        .filter(c::state.eq(State::Active.as_str()))
+        .filter(lower(c::email).eq(lower(email.to_owned())))
+}
+
+fn active_by_external_id(app: AppId, external_id: &str) -> c::BoxedQuery<'static, diesel::pg::Pg> {
+    of_app(app)
+        .filter(c::state.eq(State::Active.as_str()))
+        .filter(c::external_id.eq(external_id.to_owned()))
+}
+
+/// Loads the provider ids of `rows` and builds the customers.
+async fn with_provider_ids(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    rows: Vec<CustomerRow>,
+) -> Result<Vec<Customer>, Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let pairs: Vec<(Uuid, String, String)> = pids::table
+        .filter(pids::app_id.eq(app.0))
+        .filter(pids::customer_id.eq_any(&ids))
+        .select((
+            pids::customer_id,
+            pids::provider,
+            pids::provider_customer_id,
+        ))
+        .load(conn)
+        .await?;
+    let mut grouped = group_provider_ids(pairs);
+    rows.into_iter()
+        .map(|row| {
+            let providers = grouped.remove(&row.id).unwrap_or_default();
+            row.into_customer(providers)
+        })
+        .collect()
+}
+
+async fn load_one(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    query: c::BoxedQuery<'static, diesel::pg::Pg>,
+) -> Result<Option<Customer>, Error> {
+    let row = query
+        .select(CustomerRow::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(with_provider_ids(conn, app, row.into_iter().collect())
+        .await?
+        .pop())
+}
+
+/// Loads a customer for a write, locking its row until the transaction ends
+/// so that the checks and the write see the same row.
+async fn lock_by_id(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    id: CustomerId,
+) -> Result<Customer, Error> {
+    let row = c::table
+        .filter(c::app_id.eq(app.0))
+        .filter(c::id.eq(id.uuid()))
+        .select(CustomerRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound)?;
+    with_provider_ids(conn, app, vec![row])
+        .await?
+        .pop()
+        .ok_or(Error::NotFound)
+}
+
+async fn id_holding(
+    conn: &mut AsyncPgConnection,
+    query: c::BoxedQuery<'static, diesel::pg::Pg>,
+) -> Result<Option<CustomerId>, Error> {
+    Ok(query
+        .select(c::id)
+        .first::<Uuid>(conn)
+        .await
+        .optional()?
+        .map(CustomerId::from_uuid))
+}
+
+/// Inserts provider id pairs; a pair held by another active customer is
+/// ALREADY_EXISTS naming that customer.
+async fn insert_provider_ids(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    customer: CustomerId,
+    pairs: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let inserted: Vec<String> = diesel::insert_into(pids::table)
+        .values(NewProviderId::all(app, customer, pairs))
+        .on_conflict_do_nothing()
+        .returning(pids::provider)
+        .get_results(conn)
+        .await?;
+    if inserted.len() == pairs.len() {
+        return Ok(());
+    }
+    let (provider, id) = pairs
+        .iter()
+        .find(|(p, _)| !inserted.contains(p))
+        .expect("some pair was not inserted");
+    let holder = pids::table
+        .filter(pids::app_id.eq(app.0))
+        .filter(pids::provider.eq(provider))
+        .filter(pids::provider_customer_id.eq(id))
+        .filter(pids::active)
+        .select(pids::customer_id)
+        .first::<Uuid>(conn)
+        .await
+        .optional()?
+        .map(CustomerId::from_uuid);
+    Err(Error::AlreadyExists {
+        key: Key::ProviderId,
+        holder,
+    })
+}
+
+/// Creates a customer, or returns the active customer that already holds the
+/// idempotency key (`external_id` if set, else `email`). Returns whether it
+/// was created.
+///
+/// The insert is `ON CONFLICT DO NOTHING` against the partial unique indexes,
+/// so concurrent identical creates cannot both insert: the losers wait for
+/// the winner's commit, then find its row.
+pub async fn create(
+    pool: &Pool,
+    app: AppId,
+    fields: &ValidFields,
+) -> Result<(Customer, bool), Error> {
+    let mut conn = connect(pool).await?;
+    for _ in 0..CREATE_ATTEMPTS {
+        let id = CustomerId::generate();
+        let outcome = conn
+            .transaction::<_, Error, _>(async |conn| {
+                let inserted = diesel::insert_into(c::table)
+                    .values(NewCustomer {
+                        app_id: app.0,
+                        id: id.uuid(),
+                        columns: CustomerColumns::new(fields),
+                    })
+                    .on_conflict_do_nothing()
+                    .returning(CustomerRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                if let Some(row) = inserted {
+                    insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
+                    let created = row.into_customer(fields.provider_ids.clone())?;
+                    return Ok(Some((created, true)));
+                }
+                // Some active customer holds the email or the external id.
+                let email_holder = load_one(conn, app, active_by_email(app, &fields.email)).await?;
+                let Some(external_id) = &fields.external_id else {
+                    return Ok(email_holder.map(|c| (c, false)));
+                };
+                let key_holder =
+                    load_one(conn, app, active_by_external_id(app, external_id)).await?;
+                match (key_holder, email_holder) {
+                    (Some(holder), Some(other)) if other.id != holder.id => {
+                        Err(Error::AlreadyExists {
+                            key: Key::Email,
+                            holder: Some(other.id),
+                        })
+                    }
+                    (Some(holder), _) => Ok(Some((holder, false))),
+                    (None, Some(other)) => Err(Error::AlreadyExists {
+                        key: Key::Email,
+                        holder: Some(other.id),
+                    }),
+                    // The holder was archived meanwhile: try again.
+                    (None, None) => Ok(None),
+                }
+            })
+            .await?;
+        if let Some(outcome) = outcome {
+            return Ok(outcome);
+        }
+    }
+    Err(Error::Contention)
+}
+
+/// How GetCustomer finds a customer.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Id(CustomerId),
+    ExternalId(String),
+    ProviderId { provider: String, id: String },
+}
+
+pub async fn get(pool: &Pool, app: AppId, lookup: &Lookup) -> Result<Customer, Error> {
+    let mut conn = connect(pool).await?;
+    conn.build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, Error, _>(async |conn| {
+            let query = match lookup {
+                Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
+                Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
+                Lookup::ProviderId { provider, id } => {
+                    let holder = pids::table
+                        .filter(pids::app_id.eq(app.0))
+                        .filter(pids::provider.eq(provider))
+                        .filter(pids::provider_customer_id.eq(id))
+                        .filter(pids::active)
+                        .select(pids::customer_id)
+                        .first::<Uuid>(conn)
+                        .await
+                        .optional()?
+                        .ok_or(Error::NotFound)?;
+                    of_app(app).filter(c::id.eq(holder))
+                }
+            };
+            load_one(conn, app, query).await?.ok_or(Error::NotFound)
+        })
+        .await
+}
+
+/// Applies `patch` to an active customer, under a row lock so that the etag
+/// check, the merge and the write see the same row.
+pub async fn update(
+    pool: &Pool,
+    app: AppId,
+    id: CustomerId,
+    etag: Option<&str>,
+    patch: &Patch,
+) -> Result<Customer, Error> {
+    let mut conn = connect(pool).await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let current = lock_by_id(conn, app, id).await?;
+        match current.state {
+            State::Active => {}
+            State::Archived => return Err(Error::Archived),
+            State::Deleted => return Err(Error::Deleted),
+        }
+        current.check_etag(etag)?;
+        let old = current.fields();
+        let new = patch.apply(old.clone()).validate("customer.")?;
+        if *new == old {
+            return Ok(current);
+        }
+
+        // Name the holder of a taken key; the unique indexes still decide.
+        if !new.email.eq_ignore_ascii_case(&old.email)
+            && let Some(holder) = id_holding(conn, active_by_email(app, &new.email)).await?
+            && holder != id
+        {
+            return Err(Error::AlreadyExists {
+                key: Key::Email,
+                holder: Some(holder),
+            });
+        }
+        if let Some(external_id) = &new.external_id
+            && new.external_id != old.external_id
+            && let Some(holder) = id_holding(conn, active_by_external_id(app, external_id)).await?
+        {
+            return Err(Error::AlreadyExists {
+                key: Key::ExternalId,
+                holder: Some(holder),
+            });
+        }
+
+        let row = diesel::update(c::table)
+            .filter(c::app_id.eq(app.0))
+            .filter(c::id.eq(id.uuid()))
+            .set((
+                CustomerColumns::new(&new),
+                c::revision.eq(c::revision + 1),
+                c::update_time.eq(now),
+            ))
+            .returning(CustomerRow::as_returning())
+            .get_result(conn)
+            .await?;
+
+        if new.provider_ids != old.provider_ids {
+            let gone: Vec<&String> = old
+                .provider_ids
+                .iter()
+                .filter(|(p, v)| new.provider_ids.get(*p) != Some(*v))
+                .map(|(p, _)| p)
+                .collect();
+            diesel::delete(pids::table)
+                .filter(pids::app_id.eq(app.0))
+                .filter(pids::customer_id.eq(id.uuid()))
+                .filter(pids::provider.eq_any(gone))
+                .execute(conn)
+                .await?;
+            let added: BTreeMap<String, String> = new
+                .provider_ids
+                .iter()
+                .filter(|(p, v)| old.provider_ids.get(*p) != Some(*v))
+                .map(|(p, v)| (p.clone(), v.clone()))
+                .collect();
+            insert_provider_ids(conn, app, id, &added).await?;
+        }
+        row.into_customer(new.provider_ids.clone())
+    })
+    .await
+}
+
+/// Archives an active customer: its data stays, its keys are released.
+pub async fn archive(
+    pool: &Pool,
+    app: AppId,
+    id: CustomerId,
+    etag: Option<&str>,
+) -> Result<Customer, Error> {
+    let mut conn = connect(pool).await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let current = lock_by_id(conn, app, id).await?;
+        current.check_etag(etag)?;
+        match current.state {
+            State::Active => {}
+            State::Archived => return Ok(current),
+            State::Deleted => return Err(Error::Deleted),
+        }
+        let row = diesel::update(c::table)
+            .filter(c::app_id.eq(app.0))
+            .filter(c::id.eq(id.uuid()))
+            .set((
+                c::state.eq(State::Archived.as_str()),
+                c::archive_time.eq(now),
+                c::update_time.eq(now),
+                c::revision.eq(c::revision + 1),
+            ))
+            .returning(CustomerRow::as_returning())
+            .get_result(conn)
+            .await?;
+        diesel::update(pids::table)
+            .filter(pids::app_id.eq(app.0))
+            .filter(pids::customer_id.eq(id.uuid()))
+            .set(pids::active.eq(false))
+            .execute(conn)
+            .await?;
+        row.into_customer(current.provider_ids)
+    })
+    .await
+}
+
+/// Erases a customer's personal data, leaving a tombstone.
+pub async fn delete(
+    pool: &Pool,
+    app: AppId,
+    id: CustomerId,
+    etag: Option<&str>,
+) -> Result<Customer, Error> {
+    let mut conn = connect(pool).await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let current = lock_by_id(conn, app, id).await?;
+        current.check_etag(etag)?;
+        if current.state == State::Deleted {
+            return Ok(current);
+        }
+        diesel::delete(pids::table)
+            .filter(pids::app_id.eq(app.0))
+            .filter(pids::customer_id.eq(id.uuid()))
+            .execute(conn)
+            .await?;
+        let none: Option<&str> = None;
+        let row = diesel::update(c::table)
+            .filter(c::app_id.eq(app.0))
+            .filter(c::id.eq(id.uuid()))
+            .set((
+                (
+                    c::external_id.eq(none),
+                    c::email.eq(none),
+                    c::name.eq(none),
+                    c::phone.eq(none),
+                    c::address_line1.eq(none),
+                    c::address_line2.eq(none),
+                    c::address_city.eq(none),
+                    c::address_state.eq(none),
+                    c::address_postal_code.eq(none),
+                    c::address_country.eq(none),
+                    c::timezone.eq(none),
+                    c::metadata.eq(serde_json::json!({})),
+                ),
+                c::state.eq(State::Deleted.as_str()),
+                c::delete_time.eq(now),
+                c::update_time.eq(now),
+                c::revision.eq(c::revision + 1),
+            ))
+            .returning(CustomerRow::as_returning())
+            .get_result(conn)
+            .await?;
+        row.into_customer(BTreeMap::new())
+    })
+    .await
+}
+
+/// A position in the (create_time, id) order of a listing.
+pub type Position = (DateTime<Utc>, Uuid);
+
+/// Where a customer stands in the listing order: the resume point of a
+/// stream that last received it.
+pub async fn position_of(pool: &Pool, app: AppId, id: CustomerId) -> Result<Position, Error> {
+    let mut conn = connect(pool).await?;
+    Ok(of_app(app)
+        .filter(c::id.eq(id.uuid()))
+        .select((c::create_time, c::id))
+        .first(&mut conn)
+        .await?)
+}
+
+/// Escapes LIKE's wildcards so that a query matches literally.
+fn like_pattern(query: &str) -> String {
+    let mut pattern = String::with_capacity(query.len() + 2);
+    pattern.push('%');
+    for ch in query.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// One keyset batch of a listing: at most `limit` customers strictly after
+/// `after` in the filter's order. A short read-only transaction of its own:
+/// nothing is held between batches.
+pub async fn list_batch(
+    pool: &Pool,
+    app: AppId,
+    filter: &ListFilter,
+    after: Option<Position>,
+    limit: i64,
+) -> Result<Vec<Customer>, Error> {
+    let mut query = of_app(app);
+    query = if filter.include_archived {
+        query.filter(c::state.ne(State::Deleted.as_str()))
+    } else {
+        query.filter(c::state.eq(State::Active.as_str()))
+    };
+    if let Some(email) = &filter.email {
+        query = query.filter(lower(c::email).eq(lower(email.clone())));
+    }
+    if let Some(text) = &filter.query {
+        let pattern = like_pattern(text);
+        query = query.filter(c::email.ilike(pattern.clone()).or(c::name.ilike(pattern)));
+    }
+    if let Some(t) = filter.created_after {
+        query = query.filter(c::create_time.gt(t));
+    }
+    if let Some(t) = filter.created_before {
+        query = query.filter(c::create_time.lt(t));
+    }
+    if !filter.metadata.is_empty() {
+        let wanted =
+            serde_json::to_value(&filter.metadata).map_err(|e| Error::Internal(e.to_string()))?;
+        query = query.filter(c::metadata.contains(wanted));
+    }
+    let descending = filter.order == Order::Descending;
+    if let Some((time, id)) = after {
+        // A row comparison, so that PostgreSQL starts the index scan at the
+        // position instead of filtering from the start.
+        let op = if descending { ") < (" } else { ") > (" };
+        query = query.filter(
+            diesel::dsl::sql::<sql_types::Bool>("(customers.create_time, customers.id")
+                .sql(op)
+                .bind::<sql_types::Timestamptz, _>(time)
+                .sql(", ")
+                .bind::<sql_types::Uuid, _>(id)
+                .sql(")"),
+        );
+    }
+    query = if descending {
+        query.order((c::create_time.desc(), c::id.desc()))
+    } else {
+        query.order((c::create_time.asc(), c::id.asc()))
+    };
+    let query = query.select(CustomerRow::as_select()).limit(limit);
+
+    let mut conn = connect(pool).await?;
+    conn.build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run::<_, Error, _>(async |conn| {
+            let rows = query.load(conn).await?;
+            with_provider_ids(conn, app, rows).await
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(like_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+    }
+}

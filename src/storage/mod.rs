@@ -1,0 +1,196 @@
+//! PostgreSQL: the connection pool, migrations, and the SQL of each operation.
+
+pub mod customers;
+mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError,
+        deadpool::{Object, Pool as DeadPool, PoolError},
+    },
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::error::{Error, Key};
+
+/// Migrations compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Arbitrary constant key of the advisory lock that serialises migrations of
+/// replicas starting together.
+const MIGRATION_LOCK_KEY: i64 = 0x0c05_7035_0000_0001;
+
+pub type Pool = DeadPool<AsyncPgConnection>;
+pub type Connection = Object<AsyncPgConnection>;
+
+/// Sizes and time limits of the connection pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// How long a call waits for a free connection (or a new one to open)
+    /// before failing with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// Server-side limit on any one statement.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds the pool. Connections are opened lazily, so this does not touch
+/// the database.
+pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
+    let statement_timeout_ms = options.statement_timeout.as_millis();
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&format!(
+                "SET statement_timeout = {statement_timeout_ms}; SET application_name = 'customers'"
+            ))
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
+    Ok(DeadPool::builder(manager)
+        .max_size(options.max_size)
+        .wait_timeout(Some(options.acquire_timeout))
+        .create_timeout(Some(options.acquire_timeout))
+        .recycle_timeout(Some(options.acquire_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()?)
+}
+
+/// Takes a connection from the pool; a database that cannot be reached is
+/// UNAVAILABLE.
+pub async fn connect(pool: &Pool) -> Result<Connection, Error> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Timeout(_) => Error::Unavailable("timed out waiting for a connection".into()),
+        PoolError::Backend(ManagerError::ConnectionError(e)) => Error::Unavailable(e.to_string()),
+        PoolError::Backend(ManagerError::QueryError(e)) => Error::Unavailable(e.to_string()),
+        PoolError::Closed => Error::Unavailable("the connection pool is closed".into()),
+        other => Error::Internal(other.to_string()),
+    })
+}
+
+/// Applies pending migrations, holding an advisory lock so that replicas
+/// starting at once take turns (the second finds nothing left to do).
+pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut conn,
+            &format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"),
+        )?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut conn,
+            &format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"),
+        )?;
+        applied
+    })
+    .await?
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(pool: &Pool) -> Result<(), Error> {
+    let mut conn = connect(pool).await?;
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+impl From<DieselError> for Error {
+    fn from(e: DieselError) -> Error {
+        match &e {
+            DieselError::NotFound => Error::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                let key = match info.constraint_name() {
+                    Some("customers_email_key") => Key::Email,
+                    Some("customers_external_id_key") => Key::ExternalId,
+                    Some("customer_provider_ids_key") => Key::ProviderId,
+                    _ => return Error::Internal(e.to_string()),
+                };
+                Error::AlreadyExists { key, holder: None }
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                Error::Contention
+            }
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )
+            | DieselError::BrokenTransactionManager => Error::Unavailable(e.to_string()),
+            // Server shutting down or restarting (SQLSTATE class 57), which
+            // diesel does not classify.
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if info.message().starts_with("terminating connection")
+                    || info.message().contains("the database system is") =>
+            {
+                Error::Unavailable(info.message().to_owned())
+            }
+            _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Creates database `name` on the server of `admin_url` unless it exists,
+/// optionally as a copy of `template`. Names are plain identifiers.
+pub async fn create_database(
+    admin_url: &str,
+    name: &str,
+    template: Option<&str>,
+) -> anyhow::Result<()> {
+    let is_identifier = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    anyhow::ensure!(is_identifier(name), "bad database name {name:?}");
+    let mut conn = AsyncPgConnection::establish(admin_url).await?;
+    let exists: i64 = diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Count>(&mut conn)
+        .await?
+        .n;
+    if exists == 0 {
+        let sql = match template {
+            Some(t) => {
+                anyhow::ensure!(is_identifier(t), "bad template name {t:?}");
+                format!("CREATE DATABASE {name} TEMPLATE {t}")
+            }
+            None => format!("CREATE DATABASE {name}"),
+        };
+        conn.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}

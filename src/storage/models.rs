@@ -1,0 +1,153 @@
+//! Rows as diesel reads and writes them, and their conversion to the domain.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::schema::{customer_provider_ids, customers};
+use crate::{
+    domain::{Address, AppId, Customer, CustomerId, State, ValidFields},
+    error::Error,
+};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = customers, check_for_backend(diesel::pg::Pg))]
+pub struct CustomerRow {
+    pub id: Uuid,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub address_line1: Option<String>,
+    pub address_line2: Option<String>,
+    pub address_city: Option<String>,
+    pub address_state: Option<String>,
+    pub address_postal_code: Option<String>,
+    pub address_country: Option<String>,
+    pub timezone: Option<String>,
+    pub metadata: serde_json::Value,
+    pub state: String,
+    pub revision: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub archive_time: Option<DateTime<Utc>>,
+    pub delete_time: Option<DateTime<Utc>>,
+}
+
+impl CustomerRow {
+    /// The domain customer, given its provider ids.
+    pub fn into_customer(self, provider_ids: BTreeMap<String, String>) -> Result<Customer, Error> {
+        let state = State::from_db(&self.state)
+            .ok_or_else(|| Error::Internal(format!("unknown state {:?}", self.state)))?;
+        let metadata = serde_json::from_value(self.metadata)
+            .map_err(|e| Error::Internal(format!("metadata is not a string map: {e}")))?;
+        Ok(Customer {
+            id: CustomerId::from_uuid(self.id),
+            state,
+            external_id: self.external_id,
+            email: self.email,
+            name: self.name,
+            phone: self.phone,
+            address: Address {
+                line1: self.address_line1,
+                line2: self.address_line2,
+                city: self.address_city,
+                state: self.address_state,
+                postal_code: self.address_postal_code,
+                country: self.address_country,
+            },
+            timezone: self.timezone,
+            metadata,
+            provider_ids,
+            revision: self.revision,
+            create_time: self.create_time,
+            update_time: self.update_time,
+            archive_time: self.archive_time,
+            delete_time: self.delete_time,
+        })
+    }
+}
+
+/// The writable columns of a customer; `treat_none_as_null` so that an
+/// update clears what the fields clear.
+#[derive(Debug, Insertable, AsChangeset)]
+#[diesel(table_name = customers, treat_none_as_null = true)]
+pub struct CustomerColumns<'a> {
+    pub external_id: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub address_line1: Option<&'a str>,
+    pub address_line2: Option<&'a str>,
+    pub address_city: Option<&'a str>,
+    pub address_state: Option<&'a str>,
+    pub address_postal_code: Option<&'a str>,
+    pub address_country: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    pub metadata: serde_json::Value,
+}
+
+impl<'a> CustomerColumns<'a> {
+    pub fn new(fields: &'a ValidFields) -> Self {
+        let a = &fields.address;
+        Self {
+            external_id: fields.external_id.as_deref(),
+            email: Some(&fields.email),
+            name: fields.name.as_deref(),
+            phone: fields.phone.as_deref(),
+            address_line1: a.line1.as_deref(),
+            address_line2: a.line2.as_deref(),
+            address_city: a.city.as_deref(),
+            address_state: a.state.as_deref(),
+            address_postal_code: a.postal_code.as_deref(),
+            address_country: a.country.as_deref(),
+            timezone: fields.timezone.as_deref(),
+            metadata: serde_json::to_value(&fields.metadata).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = customers)]
+pub struct NewCustomer<'a> {
+    pub app_id: Uuid,
+    pub id: Uuid,
+    #[diesel(embed)]
+    pub columns: CustomerColumns<'a>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = customer_provider_ids)]
+pub struct NewProviderId<'a> {
+    pub app_id: Uuid,
+    pub customer_id: Uuid,
+    pub provider: &'a str,
+    pub provider_customer_id: &'a str,
+}
+
+impl<'a> NewProviderId<'a> {
+    pub fn all(app: AppId, customer: CustomerId, pairs: &'a BTreeMap<String, String>) -> Vec<Self> {
+        pairs
+            .iter()
+            .map(|(provider, id)| NewProviderId {
+                app_id: app.0,
+                customer_id: customer.uuid(),
+                provider,
+                provider_customer_id: id,
+            })
+            .collect()
+    }
+}
+
+/// Provider ids of several customers, grouped by customer.
+pub fn group_provider_ids(
+    rows: Vec<(Uuid, String, String)>,
+) -> HashMap<Uuid, BTreeMap<String, String>> {
+    let mut grouped: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
+    for (customer, provider, id) in rows {
+        grouped.entry(customer).or_default().insert(provider, id);
+    }
+    grouped
+}

@@ -1,0 +1,48 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    apps (id) {
+        id -> Uuid,
+        name -> Text,
+        create_time -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    customer_provider_ids (app_id, customer_id, provider) {
+        app_id -> Uuid,
+        customer_id -> Uuid,
+        provider -> Text,
+        provider_customer_id -> Text,
+        active -> Bool,
+    }
+}
+
+diesel::table! {
+    customers (app_id, id) {
+        app_id -> Uuid,
+        id -> Uuid,
+        external_id -> Nullable<Text>,
+        email -> Nullable<Text>,
+        name -> Nullable<Text>,
+        phone -> Nullable<Text>,
+        address_line1 -> Nullable<Text>,
+        address_line2 -> Nullable<Text>,
+        address_city -> Nullable<Text>,
+        address_state -> Nullable<Text>,
+        address_postal_code -> Nullable<Text>,
+        address_country -> Nullable<Text>,
+        timezone -> Nullable<Text>,
+        metadata -> Jsonb,
+        state -> Text,
+        revision -> Int8,
+        create_time -> Timestamptz,
+        update_time -> Timestamptz,
+        archive_time -> Nullable<Timestamptz>,
+        delete_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(customers -> apps (app_id));
+
+diesel::allow_tables_to_appear_in_same_query!(apps, customer_provider_ids, customers,);
