@@ -1,7 +1,7 @@
 //! Wiring: the database (given or embedded), migrations, the gRPC server
 //! with health and reflection, and shutdown on SIGTERM / SIGINT.
 
-use std::{future::Future, path::Path};
+use std::path::Path;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -13,8 +13,7 @@ use crate::{
     embedded_pg::{Cluster, ClusterOptions},
     pb::{self, customer_service_server::CustomerServiceServer},
     service::{CustomerApi, StreamOptions},
-    storage::{self, Pool},
-    telemetry,
+    storage, telemetry,
 };
 
 /// Name of the database the embedded cluster serves.
@@ -48,7 +47,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let options = StreamOptions {
         batch_size: config.stream_batch_size as usize,
     };
-    serve(listener, pool.clone(), options, shutdown).await?;
+    serve(listener, CustomerApi::new(pool.clone(), options, shutdown)).await?;
 
     pool.close();
     if let Some(cluster) = cluster {
@@ -94,13 +93,10 @@ async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
-/// Serves every gRPC service on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    pool: Pool,
-    stream: StreamOptions,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Serves every gRPC service on `listener` until the API's shutdown token is
+/// cancelled.
+pub async fn serve(listener: TcpListener, api: CustomerApi) -> anyhow::Result<()> {
+    let shutdown = api.shutdown_token();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CustomerServiceServer<CustomerApi>>()
@@ -111,18 +107,13 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let api = CustomerApi::new(pool, stream, shutdown.clone());
 
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(CustomerServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal(shutdown))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())
-}
-
-fn shutdown_signal(token: CancellationToken) -> impl Future<Output = ()> {
-    async move { token.cancelled().await }
 }

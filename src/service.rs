@@ -2,7 +2,13 @@
 //! requests into domain calls and results back; validation lives in
 //! `domain`, SQL in `storage`, status codes in `error`.
 
-use std::future::Future;
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,6 +39,33 @@ impl Default for StreamOptions {
     }
 }
 
+/// Counters of ListCustomers streams in this process.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Streams whose reader task is running.
+    pub open: AtomicU64,
+    /// Keyset batches read, over all streams.
+    pub batches: AtomicU64,
+    /// Customers sent, over all streams.
+    pub messages: AtomicU64,
+}
+
+/// Counts a stream as open while it lives.
+struct OpenStream(Arc<StreamStats>);
+
+impl OpenStream {
+    fn new(stats: Arc<StreamStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The service's state: nothing but shared handles, so any replica can serve
 /// any call.
 #[derive(Clone)]
@@ -41,6 +74,7 @@ pub struct CustomerApi {
     stream: StreamOptions,
     /// Cancelled when the server shuts down: open streams end.
     shutdown: CancellationToken,
+    stats: Arc<StreamStats>,
 }
 
 impl CustomerApi {
@@ -49,7 +83,16 @@ impl CustomerApi {
             pool,
             stream,
             shutdown,
+            stats: Arc::default(),
         }
+    }
+
+    pub fn stream_stats(&self) -> Arc<StreamStats> {
+        self.stats.clone()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// The app a request acts on. Until authentication exists, the default.
@@ -229,6 +272,7 @@ async fn stream_customers(
     mut after: Option<Position>,
     tx: StreamSender,
 ) {
+    let _open = OpenStream::new(api.stats.clone());
     let batch_size = api.stream.batch_size.max(1) as u64;
     let mut remaining = filter.limit;
     loop {
@@ -248,6 +292,7 @@ async fn stream_customers(
                 return;
             }
         };
+        api.stats.batches.fetch_add(1, Ordering::Relaxed);
         let complete = (batch.len() as u64) < want;
         for customer in batch {
             after = Some((customer.create_time, customer.id.uuid()));
@@ -255,7 +300,10 @@ async fn stream_customers(
                 customer: Some(customer.into()),
             };
             tokio::select! {
-                sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                sent = tx.send(Ok(message)) => match sent {
+                    Ok(()) => { api.stats.messages.fetch_add(1, Ordering::Relaxed); }
+                    Err(_) => return,
+                },
                 _ = api.shutdown.cancelled() => return,
             }
         }

@@ -1,0 +1,326 @@
+//! Shared test setup: one throwaway PostgreSQL cluster per test run (or the
+//! server of `DATABASE_URL` when set), a template database migrated once, a
+//! fresh database per test copied from it, and the service on a real socket
+//! with a real tonic client.
+
+#![allow(dead_code)]
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use customers::{
+    embedded_pg::{Cluster, ClusterOptions, process_alive},
+    pb::{self, customer_service_client::CustomerServiceClient},
+    service::{CustomerApi, StreamOptions, StreamStats},
+    storage::{self, Pool, PoolOptions},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::{net::TcpListener, sync::OnceCell, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+/// The server every test database lives on.
+struct TestServerDb {
+    /// URL of the server with the database name left as `{db}`.
+    url_pattern: String,
+    /// Kept alive for the whole run; dies with the process.
+    _cluster: Option<Cluster>,
+}
+
+static SERVER_DB: OnceLock<TestServerDb> = OnceLock::new();
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+fn server_db() -> &'static TestServerDb {
+    SERVER_DB.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return TestServerDb {
+                url_pattern: with_database(&url, "{db}"),
+                _cluster: None,
+            };
+        }
+        remove_stale_clusters();
+        let root = std::env::temp_dir().join(format!("customers-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let cluster = Cluster::start(&ClusterOptions {
+            root,
+            throwaway: true,
+            port: None,
+        })
+        .expect("starting the test PostgreSQL cluster");
+        TestServerDb {
+            url_pattern: cluster.url("{db}"),
+            _cluster: Some(cluster),
+        }
+    })
+}
+
+/// Clusters of earlier runs die with their test process; their directories
+/// are removed here.
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("customers-test-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+pub fn database_url(db: &str) -> String {
+    server_db().url_pattern.replace("{db}", db)
+}
+
+/// A new, migrated, empty database; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = database_url("postgres");
+    let template = TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("customers_template_{}", std::process::id());
+            storage::create_database(&admin, &name, None)
+                .await
+                .expect("creating the template database");
+            storage::migrate(&database_url(&name))
+                .await
+                .expect("migrating the template database");
+            name
+        })
+        .await;
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    storage::create_database(&admin, &name, Some(template))
+        .await
+        .expect("creating a test database");
+    database_url(&name)
+}
+
+/// The service under test, on 127.0.0.1 with its own database.
+pub struct TestService {
+    pub client: CustomerServiceClient<Channel>,
+    pub channel: Channel,
+    pub address: std::net::SocketAddr,
+    pub database_url: String,
+    pub pool: Pool,
+    pub stats: Arc<StreamStats>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Options {
+    pub stream: StreamOptions,
+    pub pool: PoolOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            stream: StreamOptions::default(),
+            pool: PoolOptions {
+                max_size: 8,
+                ..PoolOptions::default()
+            },
+        }
+    }
+}
+
+impl TestService {
+    pub async fn start() -> TestService {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestService {
+        let database_url = fresh_database().await;
+        Self::start_on(database_url, options).await
+    }
+
+    /// Serves against any database URL (even one that does not answer).
+    pub async fn start_on(database_url: String, options: Options) -> TestService {
+        let pool = storage::pool(&database_url, &options.pool).expect("building the pool");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let api = CustomerApi::new(pool.clone(), options.stream, shutdown.clone());
+        let stats = api.stream_stats();
+        let task = tokio::spawn(customers::server::serve(listener, api));
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting to the test server");
+        TestService {
+            client: CustomerServiceClient::new(channel.clone()),
+            channel,
+            address,
+            database_url,
+            pool,
+            stats,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// A direct connection to the test database, for checking what was
+    /// stored behind the API.
+    pub async fn sql(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database_url)
+            .await
+            .expect("connecting to the test database")
+    }
+
+    /// `SELECT count(*)` of a query's rows.
+    pub async fn count(&self, from_where: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.sql().await;
+        diesel::sql_query(format!("SELECT count(*) AS n FROM {from_where}"))
+            .get_result::<N>(&mut conn)
+            .await
+            .expect("count query")
+            .n
+    }
+
+    /// Stops serving and waits for the server to return.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A customer with just an email.
+pub fn customer(email: &str) -> pb::Customer {
+    pb::Customer {
+        email: email.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub async fn create(
+    client: &mut CustomerServiceClient<Channel>,
+    customer: pb::Customer,
+) -> Result<pb::CreateCustomerResponse, Status> {
+    client
+        .create_customer(pb::CreateCustomerRequest {
+            customer: Some(customer),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Creates a customer that must not exist yet.
+pub async fn create_new(
+    client: &mut CustomerServiceClient<Channel>,
+    customer: pb::Customer,
+) -> pb::Customer {
+    let response = create(client, customer).await.expect("create");
+    assert!(response.created, "expected a new customer");
+    response.customer.unwrap()
+}
+
+pub async fn get_by_id(
+    client: &mut CustomerServiceClient<Channel>,
+    id: &str,
+) -> Result<pb::Customer, Status> {
+    client
+        .get_customer(pb::GetCustomerRequest {
+            lookup: Some(pb::get_customer_request::Lookup::Id(id.to_owned())),
+        })
+        .await
+        .map(|r| r.into_inner().customer.unwrap())
+}
+
+/// Drains a ListCustomers stream.
+pub async fn list(
+    client: &mut CustomerServiceClient<Channel>,
+    request: pb::ListCustomersRequest,
+) -> Result<Vec<pb::Customer>, Status> {
+    let mut stream = client.list_customers(request).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        out.push(message.customer.unwrap());
+    }
+    Ok(out)
+}
+
+/// Asserts a status's code and its `ErrorInfo` reason; returns the
+/// `ErrorInfo` metadata.
+pub fn assert_error(
+    result: Result<impl std::fmt::Debug, Status>,
+    code: Code,
+    reason: &str,
+) -> std::collections::HashMap<String, String> {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "customers.v1");
+    info.metadata.clone()
+}
+
+/// The fields named by the `BadRequest` of an INVALID_ARGUMENT status.
+pub fn bad_fields(result: Result<impl std::fmt::Debug, Status>) -> Vec<String> {
+    let status = result.expect_err("expected INVALID_ARGUMENT");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    assert_eq!(details.error_info().unwrap().reason, "INVALID_FIELDS");
+    let mut fields: Vec<String> = details
+        .bad_request()
+        .expect("a BadRequest")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// Waits until `condition` holds, failing after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

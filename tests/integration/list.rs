@@ -1,0 +1,375 @@
+//! ListCustomers: filters, order, limits, large streams, resumption,
+//! cancellation and backpressure.
+
+use std::{collections::HashSet, time::Duration};
+
+use customers::{
+    domain::CustomerId,
+    pb::{self, list_customers_request::Order},
+    service::StreamOptions,
+    storage::PoolOptions,
+};
+use std::sync::atomic::Ordering;
+
+use crate::common::*;
+
+/// Inserts `n` customers of the default app straight into the table (fast),
+/// with create times spread over 97 distinct seconds so that the order
+/// depends on both the time and the id.
+async fn seed(svc: &TestService, n: usize) {
+    use diesel_async::RunQueryDsl;
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| CustomerId::generate().uuid()).collect();
+    let mut conn = svc.sql().await;
+    diesel::sql_query(
+        "INSERT INTO customers (app_id, id, email, name, metadata, create_time, update_time)
+         SELECT '00000000-0000-0000-0000-000000000000', id, 'bulk' || n || '@example.com',
+                'Bulk ' || n, jsonb_build_object('parity', (n % 2)::text),
+                now() - (n % 97) * interval '1 second', now()
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+fn position(c: &pb::Customer) -> (i64, i32, String) {
+    let t = c.create_time.unwrap();
+    let uuid = c.id.parse::<CustomerId>().unwrap().uuid().to_string();
+    (t.seconds, t.nanos, uuid)
+}
+
+fn assert_strictly_ordered(customers: &[pb::Customer], descending: bool) {
+    for pair in customers.windows(2) {
+        let (a, b) = (position(&pair[0]), position(&pair[1]));
+        if descending {
+            assert!(a > b, "{a:?} then {b:?}");
+        } else {
+            assert!(a < b, "{a:?} then {b:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_ten_thousand_customers_in_order() {
+    let mut svc = TestService::start().await;
+    seed(&svc, 10_500).await;
+    for order in [Order::CreateTimeAsc, Order::CreateTimeDesc] {
+        let all = list(
+            &mut svc.client,
+            pb::ListCustomersRequest {
+                order: order as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(all.len(), 10_500);
+        let ids: HashSet<&String> = all.iter().map(|c| &c.id).collect();
+        assert_eq!(ids.len(), 10_500, "no repeats");
+        assert_strictly_ordered(&all, order == Order::CreateTimeDesc);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_stream_resumes_without_gaps_or_repeats() {
+    let mut svc = TestService::start_with(Options {
+        stream: StreamOptions { batch_size: 100 },
+        ..Default::default()
+    })
+    .await;
+    seed(&svc, 1_000).await;
+    for order in [Order::CreateTimeAsc, Order::CreateTimeDesc] {
+        let request = pb::ListCustomersRequest {
+            order: order as i32,
+            ..Default::default()
+        };
+        let full = list(&mut svc.client, request.clone()).await.unwrap();
+
+        // Read 333 customers, then drop the stream mid-batch.
+        let mut received = Vec::new();
+        {
+            let mut stream = svc
+                .client
+                .list_customers(request.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            while received.len() < 333 {
+                received.push(stream.message().await.unwrap().unwrap().customer.unwrap());
+            }
+        }
+        let rest = list(
+            &mut svc.client,
+            pb::ListCustomersRequest {
+                resume_after: received.last().unwrap().id.clone(),
+                ..request
+            },
+        )
+        .await
+        .unwrap();
+        received.extend(rest);
+        assert_eq!(received, full);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_stream_stops_querying() {
+    let mut svc = TestService::start_with(Options {
+        stream: StreamOptions { batch_size: 50 },
+        ..Default::default()
+    })
+    .await;
+    seed(&svc, 5_000).await;
+    let mut stream = svc
+        .client
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    assert_eq!(svc.stats.open.load(Ordering::Relaxed), 1);
+    drop(stream);
+    let stats = svc.stats.clone();
+    eventually(
+        Duration::from_secs(10),
+        "the stream's reader to stop",
+        || stats.open.load(Ordering::Relaxed) == 0,
+    )
+    .await;
+    let batches = svc.stats.batches.load(Ordering::Relaxed);
+    assert!(batches < 100, "read {batches} of 100 batches");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(svc.stats.batches.load(Ordering::Relaxed), batches);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_client_holds_the_server_back() {
+    let svc = TestService::start_with(Options {
+        stream: StreamOptions { batch_size: 50 },
+        ..Default::default()
+    })
+    .await;
+    seed(&svc, 5_000).await;
+    // A client that grants a 64 KiB HTTP/2 window (hyper's default is 2 MiB,
+    // which 5000 small customers would fit in).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.address))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::customer_service_client::CustomerServiceClient::new(channel);
+    let mut stream = client
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    // The client reads nothing more: the server fills the channel and the
+    // HTTP/2 window, then waits.
+    let stats = svc.stats.clone();
+    let mut last = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = stats.batches.load(Ordering::Relaxed);
+        if now == last && now > 0 {
+            break;
+        }
+        last = now;
+    }
+    let read_ahead = stats.messages.load(Ordering::Relaxed);
+    assert!(
+        read_ahead < 2_000,
+        "the server raced ahead: {read_ahead} sent of 5000"
+    );
+    println!("a stalled client let the server read {read_ahead} customers ahead");
+    // Reading on finishes the stream.
+    let mut n = 1;
+    while stream.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_hold_no_connection_between_batches() {
+    // One connection for everything: a stream that held it while waiting for
+    // its client would starve the second stream and the Get below.
+    let mut svc = TestService::start_with(Options {
+        stream: StreamOptions { batch_size: 20 },
+        pool: PoolOptions {
+            max_size: 1,
+            acquire_timeout: Duration::from_secs(2),
+            ..PoolOptions::default()
+        },
+    })
+    .await;
+    seed(&svc, 300).await;
+    let mut first = svc
+        .client
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let head = first.message().await.unwrap().unwrap().customer.unwrap();
+    let second = list(&mut svc.client, Default::default()).await.unwrap();
+    assert_eq!(second.len(), 300);
+    get_by_id(&mut svc.client, &head.id).await.unwrap();
+    let mut n = 1;
+    while first.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_narrow_the_stream() {
+    let mut svc = TestService::start().await;
+    let mut ids = Vec::new();
+    for (email, name, team) in [
+        ("ann@acme.com", "Ann Archer", "red"),
+        ("ben@acme.com", "Ben 100%_Bold", "blue"),
+        ("cat@globex.com", "Cat Acme-Fan", "red"),
+        ("dee@globex.com", "Dee", "blue"),
+    ] {
+        let mut c = customer(email);
+        c.name = name.into();
+        c.metadata.insert("team".into(), team.into());
+        c.metadata.insert("env".into(), "prod".into());
+        ids.push(create_new(&mut svc.client, c).await);
+        // Distinct create times for the time filters.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let emails = |v: Vec<pb::Customer>| v.into_iter().map(|c| c.email).collect::<Vec<_>>();
+    let mut run =
+        async |r: pb::ListCustomersRequest| emails(list(&mut svc.client, r).await.unwrap());
+
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            email: "BEN@ACME.COM".into(),
+            ..Default::default()
+        })
+        .await,
+        ["ben@acme.com"]
+    );
+    // Query matches email or name, case-insensitively.
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            query: "ACME".into(),
+            ..Default::default()
+        })
+        .await,
+        ["ann@acme.com", "ben@acme.com", "cat@globex.com"]
+    );
+    // LIKE wildcards in the query match literally.
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            query: "0%_b".into(),
+            ..Default::default()
+        })
+        .await,
+        ["ben@acme.com"]
+    );
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            query: "%".into(),
+            ..Default::default()
+        })
+        .await,
+        ["ben@acme.com"]
+    );
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            metadata: [("team", "red"), ("env", "prod")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+            ..Default::default()
+        })
+        .await,
+        ["ann@acme.com", "cat@globex.com"]
+    );
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            created_after: ids[0].create_time,
+            created_before: ids[3].create_time,
+            ..Default::default()
+        })
+        .await,
+        ["ben@acme.com", "cat@globex.com"]
+    );
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            order: Order::CreateTimeDesc as i32,
+            limit: 2,
+            ..Default::default()
+        })
+        .await,
+        ["dee@globex.com", "cat@globex.com"]
+    );
+    assert_eq!(
+        run(pb::ListCustomersRequest {
+            limit: 1,
+            resume_after: ids[1].id.clone(),
+            ..Default::default()
+        })
+        .await,
+        ["cat@globex.com"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_list_requests_are_invalid() {
+    let mut svc = TestService::start().await;
+    let fields = bad_fields(
+        list(
+            &mut svc.client,
+            pb::ListCustomersRequest {
+                resume_after: "cus_01h2xcejqtf2nbrexx3vqjhp41".into(),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    assert_eq!(fields, ["resume_after"]);
+    assert_eq!(
+        bad_fields(
+            list(
+                &mut svc.client,
+                pb::ListCustomersRequest {
+                    resume_after: "garbage".into(),
+                    ..Default::default()
+                }
+            )
+            .await
+        ),
+        ["resume_after"]
+    );
+    assert_eq!(
+        bad_fields(
+            list(
+                &mut svc.client,
+                pb::ListCustomersRequest {
+                    query: "q".repeat(201),
+                    ..Default::default()
+                }
+            )
+            .await
+        ),
+        ["query"]
+    );
+    assert_eq!(
+        bad_fields(
+            list(
+                &mut svc.client,
+                pb::ListCustomersRequest {
+                    order: 9,
+                    ..Default::default()
+                }
+            )
+            .await
+        ),
+        ["order"]
+    );
+}

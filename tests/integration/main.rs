@@ -1,0 +1,12 @@
+//! End-to-end tests: the service on a real socket over a real PostgreSQL,
+//! called with the generated tonic client.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod create;
+mod get;
+mod lifecycle;
+mod list;
+mod operations;
+mod update;
