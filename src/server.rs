@@ -106,6 +106,9 @@ pub async fn serve(listener: TcpListener, api: CustomerApi) -> anyhow::Result<()
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.ErrorInfo and BadRequest, so that grpcurl decodes
+            // error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
 
     tonic::transport::Server::builder()
