@@ -1,0 +1,167 @@
+//! Streams every customer through ListCustomers and reports the time taken
+//! and the server's peak memory, for several table sizes.
+//!
+//! The service runs as its own process (the release binary), so that its
+//! peak resident memory (`VmHWM`) is its alone; PostgreSQL is a throwaway
+//! cluster. Run with `cargo bench --bench list_stream`; set
+//! `BENCH_SIZES=10000,100000,1000000` to choose the sizes.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use customers::{
+    domain::CustomerId,
+    embedded_pg::{Cluster, ClusterOptions},
+    pb::{self, customer_service_client::CustomerServiceClient},
+    storage,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let root = std::env::temp_dir().join(format!("customers-bench-{}", std::process::id()));
+    let cluster = Cluster::start(&ClusterOptions {
+        root: root.clone(),
+        throwaway: true,
+        port: None,
+    })?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(run(&cluster, &sizes));
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(root);
+    result
+}
+
+async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
+    println!(
+        "{:>9}  {:>9}  {:>12}  {:>14}  {:>14}",
+        "customers", "seconds", "customers/s", "idle RSS (MiB)", "peak RSS (MiB)"
+    );
+    for &n in sizes {
+        let db = format!("bench_{n}");
+        storage::create_database(&cluster.url("postgres"), &db, None).await?;
+        let url = cluster.url(&db);
+        storage::migrate(&url).await?;
+        seed(&url, n).await?;
+
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        let server = Server(
+            Command::new(env!("CARGO_BIN_EXE_customers"))
+                .env("DATABASE_URL", &url)
+                .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_serving(&endpoint).await?;
+        let idle = rss_kib(server.0.id(), "VmRSS")?;
+
+        let mut client = CustomerServiceClient::connect(endpoint).await?;
+        let started = Instant::now();
+        let mut stream = client
+            .list_customers(pb::ListCustomersRequest::default())
+            .await?
+            .into_inner();
+        let mut received = 0usize;
+        while stream.message().await?.is_some() {
+            received += 1;
+        }
+        let elapsed = started.elapsed();
+        anyhow::ensure!(received == n, "streamed {received} of {n}");
+        let peak = rss_kib(server.0.id(), "VmHWM")?;
+        println!(
+            "{n:>9}  {:>9.2}  {:>12.0}  {:>14.1}  {:>14.1}",
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            idle as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+/// Kills the server when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Inserts `n` customers with realistic field sizes, in chunks.
+async fn seed(url: &str, n: usize) -> anyhow::Result<()> {
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(50_000);
+        let ids: Vec<uuid::Uuid> = (0..chunk).map(|_| CustomerId::generate().uuid()).collect();
+        diesel::sql_query(
+            "INSERT INTO customers (app_id, id, email, name, phone, address_city,
+                                    address_country, metadata)
+             SELECT '00000000-0000-0000-0000-000000000000', id,
+                    'customer' || n || '@example.com', 'Customer Number ' || n,
+                    '+14155550100', 'San Francisco', 'US',
+                    jsonb_build_object('plan', 'pro', 'seat_count', n::text)
+             FROM (SELECT id, ord + $2 AS n
+                   FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord)) AS t",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+        .bind::<diesel::sql_types::BigInt, _>((n - left) as i64)
+        .execute(&mut conn)
+        .await?;
+        left -= chunk;
+    }
+    diesel::sql_query("ANALYZE customers")
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+async fn wait_serving(endpoint: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect()
+            .await
+            && HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: "customers.v1.CustomerService".into(),
+                })
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A memory figure of `/proc/<pid>/status`, in KiB.
+fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
+}
