@@ -59,6 +59,9 @@ CREATE UNIQUE INDEX customers_email_key
 CREATE UNIQUE INDEX customers_external_id_key
     ON customers (app_id, external_id) WHERE state = 'active';
 
+-- ListCustomers' exact email filter, archived customers included.
+CREATE INDEX customers_email_idx ON customers (app_id, lower(email));
+
 -- Keyset order of ListCustomers.
 CREATE INDEX customers_create_time_idx ON customers (app_id, create_time, id);
 

@@ -125,3 +125,60 @@ async fn reflection_lists_the_services_in_both_versions() {
     ));
     let _ = pb::Customer::default();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_migrating_at_once_take_turns() {
+    // An empty database, not the migrated template.
+    let name = format!("race_{}", uuid::Uuid::new_v4().simple());
+    customers::storage::create_database(&database_url("postgres"), &name, None)
+        .await
+        .unwrap();
+    let url = database_url(&name);
+    let runs = (0..4).map(|_| customers::storage::migrate(&url));
+    let results = futures_util::future::join_all(runs).await;
+    let applied: Vec<usize> = results.into_iter().map(|r| r.unwrap().len()).collect();
+    // One replica applied everything; the others found nothing left to do.
+    assert_eq!(applied.iter().filter(|&&n| n > 0).count(), 1, "{applied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_revert_and_reapply() {
+    use customers::storage::MIGRATIONS;
+    use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
+    use diesel_migrations::MigrationHarness;
+
+    let url = fresh_database().await;
+    let reverted = tokio::task::spawn_blocking(move || {
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+                .unwrap();
+        let reverted = conn.revert_all_migrations(MIGRATIONS).unwrap().len();
+        assert!(conn.has_pending_migration(MIGRATIONS).unwrap());
+        conn.run_pending_migrations(MIGRATIONS).unwrap();
+        reverted
+    })
+    .await
+    .unwrap();
+    assert!(reverted > 0);
+}
+
+#[test]
+fn missing_postgres_binaries_is_a_one_line_error() {
+    let dir = std::env::temp_dir().join(format!("customers-nobin-{}", std::process::id()));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_customers"))
+        .env_remove("DATABASE_URL")
+        .env("PG_BIN_DIR", "/nonexistent")
+        .env("CUSTOMERS_DATA_DIR", &dir)
+        .env("CUSTOMERS_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("PG_BIN_DIR") && errors[0].contains("DATABASE_URL"),
+        "{stderr}"
+    );
+}
