@@ -48,6 +48,41 @@ pub struct ServeConfig {
     #[arg(long, env = "CUSTOMERS_STREAM_BATCH_SIZE", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stream_batch_size: u32,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "CUSTOMERS_MAX_RECV_MESSAGE_SIZE", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_recv_message_size: u32,
+
+    /// Largest response message sent, in bytes.
+    #[arg(long, env = "CUSTOMERS_MAX_SEND_MESSAGE_SIZE", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_send_message_size: u32,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before
+    /// the process exits anyway. Keep it below Kubernetes'
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "CUSTOMERS_SHUTDOWN_GRACE", default_value = "20s",
+          value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often readiness checks that the database answers.
+    #[arg(long, env = "CUSTOMERS_HEALTH_CHECK_INTERVAL", default_value = "1s",
+          value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// Address of the Prometheus metrics endpoint (GET /metrics); "off" to
+    /// disable it.
+    #[arg(long, env = "CUSTOMERS_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: OptionalAddr,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "CUSTOMERS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CUSTOMERS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,10 +124,32 @@ impl DatabaseConfig {
     }
 }
 
+/// A setting that cannot work; the process exits with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A socket address, or "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("{e} (or \"off\")"))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,6 +177,9 @@ mod tests {
         let cli = Cli::try_parse_from(["customers", "migrate", "--database-url", "postgres://x"])
             .unwrap();
         assert!(matches!(cli.command, Some(Command::Migrate(_))));
+
+        let cli = Cli::try_parse_from(["customers", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(cli.serve.metrics_listen, OptionalAddr(None));
     }
 
     #[test]
@@ -128,6 +188,8 @@ mod tests {
             &["customers", "--listen", "nowhere"][..],
             &["customers", "--pool-acquire-timeout", "0s"],
             &["customers", "--pool-max-size", "0"],
+            &["customers", "--tls-cert", "cert.pem"],
+            &["customers", "--metrics-listen", "nowhere"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -40,6 +40,10 @@ pub enum Error {
     Deleted,
     #[error("the request conflicted with a concurrent write; retry it")]
     Contention,
+    #[error("the deadline passed before the call completed")]
+    DeadlineExceeded,
+    #[error("the server is shutting down; retry (streams: resume after the last id received)")]
+    ShuttingDown,
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -69,6 +73,8 @@ impl Error {
             Error::Archived => "CUSTOMER_ARCHIVED",
             Error::Deleted => "CUSTOMER_DELETED",
             Error::Contention => "CONCURRENT_MODIFICATION",
+            Error::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -81,7 +87,8 @@ impl Error {
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::EtagMismatch | Error::Contention => Code::Aborted,
             Error::Archived | Error::Deleted => Code::FailedPrecondition,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded => Code::DeadlineExceeded,
+            Error::ShuttingDown | Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -2,10 +2,12 @@
 //! customers. See README.md.
 
 pub mod config;
+pub mod context;
 pub mod conversions;
 pub mod domain;
 pub mod embedded_pg;
 pub mod error;
+pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod service;

@@ -2,12 +2,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use customers::{
-    config::{Cli, Command, LogFormat},
+    config::{Cli, Command, ConfigError, LogFormat},
     server, storage, telemetry,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the setting; clap's own text adds a usage hint.
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -20,7 +36,7 @@ fn main() -> ExitCode {
             Some(Command::Migrate(database)) => {
                 telemetry::init(LogFormat::Text);
                 let url = database.database_url.ok_or_else(|| {
-                    anyhow::anyhow!("migrate needs DATABASE_URL (or --database-url)")
+                    ConfigError("migrate needs --database-url (or DATABASE_URL)".into())
                 })?;
                 let applied = storage::migrate(&url).await?;
                 tracing::info!(?applied, "migrations applied");
@@ -32,6 +48,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ConfigError>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

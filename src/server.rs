@@ -1,27 +1,100 @@
 //! Wiring: the database (given or embedded), migrations, the gRPC server
-//! with health and reflection, and shutdown on SIGTERM / SIGINT.
+//! with health and reflection, readiness, and the shutdown sequence.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Identity, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
 
 use crate::{
-    config::ServeConfig,
+    config::{ConfigError, ServeConfig},
     embedded_pg::{Cluster, ClusterOptions},
+    metrics::{self, Metrics},
     pb::{self, customer_service_server::CustomerServiceServer},
     service::{CustomerApi, StreamOptions},
-    storage, telemetry,
+    storage::{self, Pool},
+    telemetry,
 };
 
 /// Name of the database the embedded cluster serves.
 const EMBEDDED_DATABASE: &str = "customers";
 
-/// Runs the service until SIGTERM or SIGINT.
+type Service = CustomerServiceServer<CustomerApi>;
+
+/// How the gRPC server behaves, beyond the API itself.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// How long the drain after SIGTERM may take before we exit anyway.
+    pub shutdown_grace: Duration,
+    /// How often readiness pings the database.
+    pub health_check_interval: Duration,
+    pub max_recv_message_size: usize,
+    pub max_send_message_size: usize,
+    /// Certificate and key: serve over TLS.
+    pub tls: Option<Identity>,
+    pub metrics: Metrics,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            health_check_interval: Duration::from_secs(1),
+            max_recv_message_size: 4 << 20,
+            max_send_message_size: 4 << 20,
+            tls: None,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The options of `config`; reads the TLS files.
+    pub fn from_config(config: &ServeConfig) -> Result<Self, ConfigError> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |setting: &str, path: &Path| {
+                    std::fs::read(path)
+                        .map_err(|e| ConfigError(format!("{setting} {}: {e}", path.display())))
+                };
+                Some(Identity::from_pem(
+                    read("--tls-cert", cert)?,
+                    read("--tls-key", key)?,
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            shutdown_grace: config.shutdown_grace,
+            health_check_interval: config.health_check_interval,
+            max_recv_message_size: config.max_recv_message_size as usize,
+            max_send_message_size: config.max_send_message_size as usize,
+            tls,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT, then drains and exits.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     telemetry::init(config.log_format);
+    let options = ServeOptions::from_config(&config)?;
+    let metrics_listener = match config.metrics_listen.0 {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| ConfigError(format!("--metrics-listen {address}: {e}")))?,
+        ),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ConfigError(format!("--listen {}: {e}", config.listen)))?;
+
     let (database_url, cluster) = match &config.database.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -29,7 +102,6 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             (cluster.url(EMBEDDED_DATABASE), Some(cluster))
         }
     };
-
     let applied = storage::migrate(&database_url)
         .await
         .context("applying migrations")?;
@@ -37,17 +109,23 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!(?applied, "applied migrations");
     }
     let pool = storage::pool(&database_url, &config.database.pool_options())?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(address = %config.listen, "serving gRPC");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let options = StreamOptions {
-        batch_size: config.stream_batch_size as usize,
-    };
-    serve(listener, CustomerApi::new(pool.clone(), options, shutdown)).await?;
+    let api = CustomerApi::new(
+        pool.clone(),
+        StreamOptions {
+            batch_size: config.stream_batch_size as usize,
+        },
+        shutdown.clone(),
+    );
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr()?, "serving metrics on /metrics");
+        let registry = options.metrics.registry(&pool, &api.stream_stats());
+        tokio::spawn(metrics::serve(listener, registry, shutdown.clone()));
+    }
+    tracing::info!(address = %config.listen, tls = options.tls.is_some(), "serving gRPC");
+    serve(listener, api, options).await?;
 
     pool.close();
     if let Some(cluster) = cluster {
@@ -94,13 +172,32 @@ async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// Serves every gRPC service on `listener` until the API's shutdown token is
-/// cancelled.
-pub async fn serve(listener: TcpListener, api: CustomerApi) -> anyhow::Result<()> {
+/// cancelled, then drains: readiness goes NOT_SERVING, new connections and
+/// calls are refused, in-flight unary calls finish, open streams end with
+/// UNAVAILABLE (resumable); after `shutdown_grace` we return regardless.
+pub async fn serve(
+    listener: TcpListener,
+    api: CustomerApi,
+    options: ServeOptions,
+) -> anyhow::Result<()> {
     let shutdown = api.shutdown_token();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<CustomerServiceServer<CustomerApi>>()
-        .await;
+    health.set_not_serving::<Service>().await;
+    let checker = tokio::spawn(check_readiness(
+        api.pool().clone(),
+        health.clone(),
+        options.health_check_interval,
+        shutdown.clone(),
+    ));
+    let drain = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            let _ = checker.await;
+            health.set_not_serving::<Service>().await;
+            tracing::info!("readiness is NOT_SERVING; draining calls");
+        }
+    };
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -110,13 +207,66 @@ pub async fn serve(listener: TcpListener, api: CustomerApi) -> anyhow::Result<()
             // error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
+    let customers = CustomerServiceServer::new(api)
+        .max_decoding_message_size(options.max_recv_message_size)
+        .max_encoding_message_size(options.max_send_message_size);
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = options.tls {
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let server = builder
+        .layer(options.metrics.layer())
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(CustomerServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await?;
+        .add_service(customers)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        _ = shutdown.cancelled() => {}
+    }
+    // tonic waits for every connection without a limit: bound it.
+    match tokio::time::timeout(options.shutdown_grace, server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            grace = ?options.shutdown_grace,
+            "connections still open after the shutdown grace; exiting anyway"
+        ),
+    }
     Ok(())
+}
+
+/// Keeps the readiness of `customers.v1.CustomerService` in step with the
+/// database: SERVING while it answers, NOT_SERVING from the first failed
+/// ping. Stops at shutdown.
+async fn check_readiness(
+    pool: Pool,
+    health: HealthReporter,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let ping = tokio::select! {
+            ping = storage::ping(&pool, Instant::now() + interval) => ping,
+            _ = shutdown.cancelled() => return,
+        };
+        let ok = ping.is_ok();
+        if serving != Some(ok) {
+            if ok {
+                health.set_serving::<Service>().await;
+                tracing::info!("database answers: readiness SERVING");
+            } else {
+                health.set_not_serving::<Service>().await;
+                tracing::warn!(error = %ping.unwrap_err(), "database unreachable: readiness NOT_SERVING");
+            }
+            serving = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

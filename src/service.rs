@@ -4,20 +4,24 @@
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use std::task::{Context, Poll, ready};
+
+use futures_util::Stream;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    context::RequestContext,
     conversions,
-    domain::{self, AppId, CustomerFields, ListFilter, Patch},
+    domain::{self, CustomerFields, ListFilter, Patch},
     error::Error,
     pb::{self, customer_service_server::CustomerService},
     storage::{
@@ -87,17 +91,16 @@ impl CustomerApi {
         }
     }
 
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     pub fn stream_stats(&self) -> Arc<StreamStats> {
         self.stats.clone()
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
-    }
-
-    /// The app a request acts on. Until authentication exists, the default.
-    fn app<T>(&self, _request: &Request<T>) -> AppId {
-        AppId::DEFAULT
     }
 }
 
@@ -123,12 +126,12 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
-        let app = self.app(&request);
+        let ctx = RequestContext::of(&request);
         let customer = required("customer", request.into_inner().customer)?;
         let fields = CustomerFields::from(customer).validate("customer.")?;
         let pool = self.pool.clone();
         let (customer, created) =
-            to_completion(async move { store::create(&pool, app, &fields).await }).await?;
+            to_completion(async move { store::create(&pool, &ctx, &fields).await }).await?;
         Ok(Response::new(pb::CreateCustomerResponse {
             customer: Some(customer.into()),
             created,
@@ -140,7 +143,7 @@ impl CustomerService for CustomerApi {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         use pb::get_customer_request::Lookup as By;
-        let app = self.app(&request);
+        let ctx = RequestContext::of(&request);
         let lookup = match request.into_inner().lookup {
             Some(By::Id(id)) => Lookup::Id(domain::parse_id("id", &id)?),
             Some(By::ExternalId(id)) if !id.is_empty() => Lookup::ExternalId(id),
@@ -164,7 +167,7 @@ impl CustomerService for CustomerApi {
                 );
             }
         };
-        let customer = store::get(&self.pool, app, &lookup).await?;
+        let customer = store::get(&self.pool, &ctx, &lookup).await?;
         Ok(Response::new(pb::GetCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -174,7 +177,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
-        let app = self.app(&request);
+        let ctx = RequestContext::of(&request);
         let request = request.into_inner();
         let customer = required("customer", request.customer)?;
         let id = domain::parse_id("customer.id", &customer.id)?;
@@ -191,7 +194,7 @@ impl CustomerService for CustomerApi {
         let pool = self.pool.clone();
         let customer =
             to_completion(
-                async move { store::update(&pool, app, id, etag.as_deref(), &patch).await },
+                async move { store::update(&pool, &ctx, id, etag.as_deref(), &patch).await },
             )
             .await?;
         Ok(Response::new(pb::UpdateCustomerResponse {
@@ -199,16 +202,16 @@ impl CustomerService for CustomerApi {
         }))
     }
 
-    type ListCustomersStream = ReceiverStream<Result<pb::ListCustomersResponse, Status>>;
+    type ListCustomersStream = CustomerStream;
 
     async fn list_customers(
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<Self::ListCustomersStream>, Status> {
-        let app = self.app(&request);
+        let ctx = RequestContext::of(&request);
         let filter = ListFilter::try_from(request.into_inner())?;
         let start = match filter.resume_after {
-            Some(id) => match store::position_of(&self.pool, app, id).await {
+            Some(id) => match store::position_of(&self.pool, &ctx, id).await {
                 Ok(position) => Some(position),
                 Err(Error::NotFound) => {
                     return Err(
@@ -220,20 +223,24 @@ impl CustomerService for CustomerApi {
             None => None,
         };
         let (tx, rx) = mpsc::channel(self.stream.batch_size);
-        tokio::spawn(stream_customers(self.clone(), app, filter, start, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(stream_customers(self.clone(), ctx, filter, start, tx));
+        Ok(Response::new(CustomerStream {
+            rx,
+            stop: Box::pin(stream_stop(self.shutdown.clone(), ctx.deadline)),
+            done: false,
+        }))
     }
 
     async fn archive_customer(
         &self,
         request: Request<pb::ArchiveCustomerRequest>,
     ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
-        let app = self.app(&request);
+        let ctx = RequestContext::of(&request);
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let pool = self.pool.clone();
         let customer = to_completion(async move {
-            store::archive(&pool, app, id, conversions::etag(&request.etag)).await
+            store::archive(&pool, &ctx, id, conversions::etag(&request.etag)).await
         })
         .await?;
         Ok(Response::new(pb::ArchiveCustomerResponse {
@@ -245,12 +252,12 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
-        let app = self.app(&request);
+        let ctx = RequestContext::of(&request);
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let pool = self.pool.clone();
         let customer = to_completion(async move {
-            store::delete(&pool, app, id, conversions::etag(&request.etag)).await
+            store::delete(&pool, &ctx, id, conversions::etag(&request.etag)).await
         })
         .await?;
         Ok(Response::new(pb::DeleteCustomerResponse {
@@ -259,15 +266,59 @@ impl CustomerService for CustomerApi {
     }
 }
 
-type StreamSender = mpsc::Sender<Result<pb::ListCustomersResponse, Status>>;
+type StreamItem = Result<pb::ListCustomersResponse, Status>;
+type StreamSender = mpsc::Sender<StreamItem>;
+
+/// The response side of ListCustomers: what the reader task sends, until the
+/// server shuts down or the deadline passes. Then it ends at once with that
+/// error (UNAVAILABLE / SHUTTING_DOWN, or DEADLINE_EXCEEDED), so that the
+/// client knows the listing is cut and can resume; merely closing the
+/// channel would end the call with OK and make a cut listing look complete.
+pub struct CustomerStream {
+    rx: mpsc::Receiver<StreamItem>,
+    stop: Pin<Box<dyn Future<Output = Error> + Send>>,
+    done: bool,
+}
+
+/// Resolves to the error that cuts a stream short.
+async fn stream_stop(shutdown: CancellationToken, deadline: Option<Instant>) -> Error {
+    let expired = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => Error::ShuttingDown,
+        _ = expired => Error::DeadlineExceeded,
+    }
+}
+
+impl Stream for CustomerStream {
+    type Item = StreamItem;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamItem>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(error) = self.stop.as_mut().poll(cx) {
+            self.done = true;
+            return Poll::Ready(Some(Err(error.into())));
+        }
+        let item = ready!(self.rx.poll_recv(cx));
+        self.done = item.is_none();
+        Poll::Ready(item)
+    }
+}
 
 /// Feeds a ListCustomers stream: one keyset query per batch, each sent
 /// through the bounded channel before the next is read, so memory stays at
 /// about two batches and a slow client slows the reads down. Stops as soon
-/// as the client goes away or the server shuts down.
+/// as the receiving side is gone: the client went away, or the stream was
+/// cut by shutdown or deadline (queries are bounded by the deadline too).
 async fn stream_customers(
     api: CustomerApi,
-    app: AppId,
+    ctx: RequestContext,
     filter: ListFilter,
     mut after: Option<Position>,
     tx: StreamSender,
@@ -279,11 +330,8 @@ async fn stream_customers(
         let want = remaining.map_or(batch_size, |r| r.min(batch_size));
         let batch = tokio::select! {
             _ = tx.closed() => return,
-            _ = api.shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the server is shutting down; resume the stream"))).await;
-                return;
-            }
-            batch = store::list_batch(&api.pool, app, &filter, after, want as i64) => batch,
+            _ = api.shutdown.cancelled() => return,
+            batch = store::list_batch(&api.pool, &ctx, &filter, after, want as i64) => batch,
         };
         let batch = match batch {
             Ok(batch) => batch,
@@ -299,13 +347,10 @@ async fn stream_customers(
             let message = pb::ListCustomersResponse {
                 customer: Some(customer.into()),
             };
-            tokio::select! {
-                sent = tx.send(Ok(message)) => match sent {
-                    Ok(()) => { api.stats.messages.fetch_add(1, Ordering::Relaxed); }
-                    Err(_) => return,
-                },
-                _ = api.shutdown.cancelled() => return,
+            if tx.send(Ok(message)).await.is_err() {
+                return;
             }
+            api.stats.messages.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(r) = &mut remaining {
             *r -= want.min(*r);

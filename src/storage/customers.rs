@@ -9,11 +9,12 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    Pool, connect,
+    Pool, bound, connect,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
 };
 use crate::{
+    context::RequestContext,
     domain::{AppId, Customer, CustomerId, ListFilter, Order, Patch, State, ValidFields},
     error::{Error, Key},
 };
@@ -171,14 +172,16 @@ async fn insert_provider_ids(
 /// the winner's commit, then find its row.
 pub async fn create(
     pool: &Pool,
-    app: AppId,
+    ctx: &RequestContext,
     fields: &ValidFields,
 ) -> Result<(Customer, bool), Error> {
-    let mut conn = connect(pool).await?;
+    let app = ctx.app;
+    let mut conn = connect(pool, ctx.deadline).await?;
     for _ in 0..CREATE_ATTEMPTS {
         let id = CustomerId::generate();
         let outcome = conn
             .transaction::<_, Error, _>(async |conn| {
+                bound(conn, ctx).await?;
                 let inserted = diesel::insert_into(c::table)
                     .values(NewCustomer {
                         app_id: app.0,
@@ -234,12 +237,14 @@ pub enum Lookup {
     ProviderId { provider: String, id: String },
 }
 
-pub async fn get(pool: &Pool, app: AppId, lookup: &Lookup) -> Result<Customer, Error> {
-    let mut conn = connect(pool).await?;
+pub async fn get(pool: &Pool, ctx: &RequestContext, lookup: &Lookup) -> Result<Customer, Error> {
+    let app = ctx.app;
+    let mut conn = connect(pool, ctx.deadline).await?;
     conn.build_transaction()
         .read_only()
         .repeatable_read()
         .run::<_, Error, _>(async |conn| {
+            bound(conn, ctx).await?;
             let query = match lookup {
                 Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
                 Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
@@ -266,13 +271,15 @@ pub async fn get(pool: &Pool, app: AppId, lookup: &Lookup) -> Result<Customer, E
 /// check, the merge and the write see the same row.
 pub async fn update(
     pool: &Pool,
-    app: AppId,
+    ctx: &RequestContext,
     id: CustomerId,
     etag: Option<&str>,
     patch: &Patch,
 ) -> Result<Customer, Error> {
-    let mut conn = connect(pool).await?;
+    let app = ctx.app;
+    let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
+        bound(conn, ctx).await?;
         let current = lock_by_id(conn, app, id).await?;
         match current.state {
             State::Active => {}
@@ -347,12 +354,14 @@ pub async fn update(
 /// Archives an active customer: its data stays, its keys are released.
 pub async fn archive(
     pool: &Pool,
-    app: AppId,
+    ctx: &RequestContext,
     id: CustomerId,
     etag: Option<&str>,
 ) -> Result<Customer, Error> {
-    let mut conn = connect(pool).await?;
+    let app = ctx.app;
+    let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
+        bound(conn, ctx).await?;
         let current = lock_by_id(conn, app, id).await?;
         current.check_etag(etag)?;
         match current.state {
@@ -386,12 +395,14 @@ pub async fn archive(
 /// Erases a customer's personal data, leaving a tombstone.
 pub async fn delete(
     pool: &Pool,
-    app: AppId,
+    ctx: &RequestContext,
     id: CustomerId,
     etag: Option<&str>,
 ) -> Result<Customer, Error> {
-    let mut conn = connect(pool).await?;
+    let app = ctx.app;
+    let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
+        bound(conn, ctx).await?;
         let current = lock_by_id(conn, app, id).await?;
         current.check_etag(etag)?;
         if current.state == State::Deleted {
@@ -439,13 +450,23 @@ pub type Position = (DateTime<Utc>, Uuid);
 
 /// Where a customer stands in the listing order: the resume point of a
 /// stream that last received it.
-pub async fn position_of(pool: &Pool, app: AppId, id: CustomerId) -> Result<Position, Error> {
-    let mut conn = connect(pool).await?;
-    Ok(of_app(app)
-        .filter(c::id.eq(id.uuid()))
-        .select((c::create_time, c::id))
-        .first(&mut conn)
-        .await?)
+pub async fn position_of(
+    pool: &Pool,
+    ctx: &RequestContext,
+    id: CustomerId,
+) -> Result<Position, Error> {
+    let mut conn = connect(pool, ctx.deadline).await?;
+    conn.build_transaction()
+        .read_only()
+        .run::<_, Error, _>(async |conn| {
+            bound(conn, ctx).await?;
+            Ok(of_app(ctx.app)
+                .filter(c::id.eq(id.uuid()))
+                .select((c::create_time, c::id))
+                .first(conn)
+                .await?)
+        })
+        .await
 }
 
 /// Escapes LIKE's wildcards so that a query matches literally.
@@ -467,11 +488,12 @@ fn like_pattern(query: &str) -> String {
 /// nothing is held between batches.
 pub async fn list_batch(
     pool: &Pool,
-    app: AppId,
+    ctx: &RequestContext,
     filter: &ListFilter,
     after: Option<Position>,
     limit: i64,
 ) -> Result<Vec<Customer>, Error> {
+    let app = ctx.app;
     let mut query = of_app(app);
     query = if filter.include_archived {
         query.filter(c::state.ne(State::Deleted.as_str()))
@@ -517,11 +539,12 @@ pub async fn list_batch(
     };
     let query = query.select(CustomerRow::as_select()).limit(limit);
 
-    let mut conn = connect(pool).await?;
+    let mut conn = connect(pool, ctx.deadline).await?;
     conn.build_transaction()
         .read_only()
         .repeatable_read()
         .run::<_, Error, _>(async |conn| {
+            bound(conn, ctx).await?;
             let rows = query.load(conn).await?;
             with_provider_ids(conn, app, rows).await
         })

@@ -6,6 +6,8 @@ pub mod schema;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{
     AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
@@ -17,7 +19,10 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::error::{Error, Key};
+use crate::{
+    context::RequestContext,
+    error::{Error, Key},
+};
 
 /// Migrations compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -78,16 +83,41 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
         .build()?)
 }
 
-/// Takes a connection from the pool; a database that cannot be reached is
-/// UNAVAILABLE.
-pub async fn connect(pool: &Pool) -> Result<Connection, Error> {
-    pool.get().await.map_err(|e| match e {
+/// Takes a connection from the pool, waiting no longer than the pool's
+/// acquire timeout or the call's deadline. A database that cannot be reached
+/// is UNAVAILABLE.
+pub async fn connect(pool: &Pool, deadline: Option<Instant>) -> Result<Connection, Error> {
+    let get = pool.get();
+    let result = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, get)
+            .await
+            .map_err(|_| Error::DeadlineExceeded)?,
+        None => get.await,
+    };
+    result.map_err(|e| match e {
         PoolError::Timeout(_) => Error::Unavailable("timed out waiting for a connection".into()),
         PoolError::Backend(ManagerError::ConnectionError(e)) => Error::Unavailable(e.to_string()),
         PoolError::Backend(ManagerError::QueryError(e)) => Error::Unavailable(e.to_string()),
         PoolError::Closed => Error::Unavailable("the connection pool is closed".into()),
         other => Error::Internal(other.to_string()),
     })
+}
+
+/// Bounds the rest of the current transaction by the call's deadline: the
+/// server cancels any statement still running when it passes.
+pub async fn bound(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
+    let Some(remaining) = ctx.remaining() else {
+        return Ok(());
+    };
+    if remaining.is_zero() {
+        return Err(Error::DeadlineExceeded);
+    }
+    let ms = remaining.as_millis().max(1).to_string();
+    diesel::sql_query("SELECT set_config('statement_timeout', $1, true)")
+        .bind::<diesel::sql_types::Text, _>(ms)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Applies pending migrations, holding an advisory lock so that replicas
@@ -114,9 +144,9 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     .await?
 }
 
-/// Whether the database answers a trivial query.
-pub async fn ping(pool: &Pool) -> Result<(), Error> {
-    let mut conn = connect(pool).await?;
+/// Whether the database answers a trivial query before `deadline`.
+pub async fn ping(pool: &Pool, deadline: Instant) -> Result<(), Error> {
+    let mut conn = connect(pool, Some(deadline)).await?;
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
         .execute(&mut conn)
         .await?;
@@ -144,8 +174,15 @@ impl From<DieselError> for Error {
                 _,
             )
             | DieselError::BrokenTransactionManager => Error::Unavailable(e.to_string()),
-            // Server shutting down or restarting (SQLSTATE class 57), which
-            // diesel does not classify.
+            // SQLSTATE 57014 (query_canceled), from statement_timeout: the
+            // call's deadline or the server's own limit.
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if info.message().contains("statement timeout") =>
+            {
+                Error::DeadlineExceeded
+            }
+            // Server shutting down or restarting (the rest of SQLSTATE class
+            // 57), which diesel does not classify.
             DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
                 if info.message().starts_with("terminating connection")
                     || info.message().contains("the database system is") =>

@@ -13,6 +13,7 @@ use std::{
 use customers::{
     embedded_pg::{Cluster, ClusterOptions, process_alive},
     pb::{self, customer_service_client::CustomerServiceClient},
+    server::ServeOptions,
     service::{CustomerApi, StreamOptions, StreamStats},
     storage::{self, Pool, PoolOptions},
 };
@@ -127,6 +128,8 @@ pub struct TestService {
     pub client: CustomerServiceClient<Channel>,
     pub channel: Channel,
     pub address: std::net::SocketAddr,
+    /// Where `GET /metrics` answers.
+    pub metrics_address: std::net::SocketAddr,
     pub database_url: String,
     pub pool: Pool,
     pub stats: Arc<StreamStats>,
@@ -137,6 +140,7 @@ pub struct TestService {
 pub struct Options {
     pub stream: StreamOptions,
     pub pool: PoolOptions,
+    pub serve: ServeOptions,
 }
 
 impl Default for Options {
@@ -146,6 +150,10 @@ impl Default for Options {
             pool: PoolOptions {
                 max_size: 8,
                 ..PoolOptions::default()
+            },
+            serve: ServeOptions {
+                health_check_interval: Duration::from_millis(100),
+                ..ServeOptions::default()
             },
         }
     }
@@ -169,13 +177,22 @@ impl TestService {
         let shutdown = CancellationToken::new();
         let api = CustomerApi::new(pool.clone(), options.stream, shutdown.clone());
         let stats = api.stream_stats();
-        let task = tokio::spawn(customers::server::serve(listener, api));
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_address = metrics_listener.local_addr().unwrap();
+        let registry = options.serve.metrics.registry(&pool, &stats);
+        tokio::spawn(customers::metrics::serve(
+            metrics_listener,
+            registry,
+            shutdown.clone(),
+        ));
+        let task = tokio::spawn(customers::server::serve(listener, api, options.serve));
         let channel = Channel::from_shared(format!("http://{address}"))
             .unwrap()
             .connect()
             .await
             .expect("connecting to the test server");
         TestService {
+            metrics_address,
             client: CustomerServiceClient::new(channel.clone()),
             channel,
             address,

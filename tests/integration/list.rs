@@ -204,6 +204,7 @@ async fn streams_hold_no_connection_between_batches() {
             acquire_timeout: Duration::from_secs(2),
             ..PoolOptions::default()
         },
+        ..Default::default()
     })
     .await;
     seed(&svc, 300).await;

@@ -1,0 +1,426 @@
+//! Per-call telemetry: a tower layer that gives every RPC a span and records
+//! Prometheus metrics named as Go's grpc-prometheus made conventional
+//! (`grpc_server_started_total`, `grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`, `grpc_server_msg_sent_total`), plus
+//! connection-pool gauges, served as text on `GET /metrics`.
+//!
+//! A call's status is in the response headers when it fails before sending
+//! anything (a "trailers-only" response) and otherwise in the trailers at the
+//! end of the body, so the body is wrapped to read them. A body dropped
+//! before its trailers is a call the client cancelled.
+
+use std::{
+    fmt,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http_body::{Body, Frame};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tracing::{Instrument, Span, field};
+
+use crate::{service::StreamStats, storage::Pool};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The call metrics; cheap to clone (shared counters).
+#[derive(Clone)]
+pub struct Metrics {
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Family::default(),
+            handled: Family::default(),
+            handling_seconds: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// The tower layer that records calls into these metrics.
+    pub fn layer(&self) -> MetricsLayer {
+        MetricsLayer {
+            metrics: self.clone(),
+        }
+    }
+
+    /// A registry of these metrics, the pool's gauges and stream counters.
+    pub fn registry(&self, pool: &Pool, streams: &Arc<StreamStats>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register(
+            "grpc_server_started",
+            "RPCs started on the server",
+            self.started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            self.handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status (streams: to the end of the stream)",
+            self.handling_seconds.clone(),
+        );
+        registry.register_collector(Box::new(StateCollector {
+            pool: pool.clone(),
+            streams: streams.clone(),
+        }));
+        registry
+    }
+}
+
+/// The kind of each method, as grpc-prometheus labels it.
+fn grpc_type(method: &str) -> &'static str {
+    match method {
+        "ListCustomers" | "Watch" => "server_stream",
+        "ServerReflectionInfo" => "bidi_stream",
+        _ => "unary",
+    }
+}
+
+/// Go's spelling of each code, which grpc-prometheus uses for `grpc_code`.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(Code::from_i32(value))
+}
+
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Metrics,
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+/// One call in progress: finished once, with its status.
+struct Call {
+    metrics: Metrics,
+    labels: MethodLabels,
+    start: Instant,
+    span: Span,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        let latency = self.start.elapsed();
+        self.metrics
+            .handling_seconds
+            .get_or_create(&self.labels)
+            .observe(latency.as_secs_f64());
+        self.metrics
+            .handled
+            .get_or_create(&HandledLabels {
+                grpc_type: self.labels.grpc_type,
+                grpc_service: self.labels.grpc_service.clone(),
+                grpc_method: self.labels.grpc_method.clone(),
+                grpc_code: code_name(code),
+            })
+            .inc();
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        self.span.record("grpc.code", code_name(code));
+        self.span.record("latency_ms", latency_ms);
+        tracing::info!(parent: &self.span, grpc.code = code_name(code), latency_ms, "call finished");
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // Paths are "/package.Service/Method".
+        let path = request.uri().path();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("unknown", "unknown"));
+        let labels = MethodLabels {
+            grpc_type: grpc_type(method),
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        };
+        let span = tracing::info_span!(
+            "grpc",
+            grpc.service = service,
+            grpc.method = method,
+            app = "default",
+            grpc.code = field::Empty,
+            latency_ms = field::Empty,
+        );
+        self.metrics.started.get_or_create(&labels).inc();
+        let call = Call {
+            metrics: self.metrics.clone(),
+            labels,
+            start: Instant::now(),
+            span: span.clone(),
+        };
+        let future = self.inner.call(request).instrument(span);
+        Box::pin(async move {
+            let response = future.await?;
+            let (parts, body) = response.into_parts();
+            let call = match status_of(&parts.headers) {
+                // Trailers-only: the call is over.
+                Some(code) => {
+                    call.finish(code);
+                    None
+                }
+                None => Some(call),
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                ObservedBody { inner: body, call },
+            ))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its call's status from the trailers.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let code = match &frame {
+            Some(Ok(frame)) => frame
+                .trailers_ref()
+                .map(|t| status_of(t).unwrap_or(Code::Unknown)),
+            Some(Err(_)) => Some(Code::Unknown),
+            None => Some(Code::Ok),
+        };
+        if let Some(code) = code
+            && let Some(call) = this.call.take()
+        {
+            call.finish(code);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Values read at scrape time: the pool's state and the stream counters.
+struct StateCollector {
+    pool: Pool,
+    streams: Arc<StreamStats>,
+}
+
+impl fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let status = self.pool.status();
+        let gauges = [
+            (
+                "customers_db_pool_connections",
+                "Database connections open",
+                status.size as i64,
+            ),
+            (
+                "customers_db_pool_idle_connections",
+                "Database connections open and idle",
+                status.available as i64,
+            ),
+            (
+                "customers_db_pool_max_connections",
+                "Most database connections the pool opens",
+                status.max_size as i64,
+            ),
+            (
+                "customers_db_pool_waiting",
+                "Calls waiting for a database connection",
+                status.waiting as i64,
+            ),
+            (
+                "customers_open_streams",
+                "ListCustomers streams being served",
+                self.streams.open.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+
+        let sent = ConstCounter::new(self.streams.messages.load(Relaxed));
+        let mut metric = encoder.encode_descriptor(
+            "grpc_server_msg_sent",
+            "Stream messages sent by the server",
+            None,
+            sent.metric_type(),
+        )?;
+        sent.encode(metric.encode_family(&MethodLabels {
+            grpc_type: "server_stream",
+            grpc_service: "customers.v1.CustomerService".into(),
+            grpc_method: "ListCustomers".into(),
+        })?)?;
+
+        let batches = ConstCounter::new(self.streams.batches.load(Relaxed));
+        batches.encode(encoder.encode_descriptor(
+            "customers_list_batches",
+            "Keyset batches ListCustomers read from the database",
+            None,
+            batches.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Serves `registry` as Prometheus text on `GET /metrics` until `shutdown`.
+pub async fn serve(listener: TcpListener, registry: Registry, shutdown: CancellationToken) {
+    use axum::{http::header, response::IntoResponse, routing::get};
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut text = String::new();
+                match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                    Ok(()) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "metrics endpoint failed");
+    }
+}
