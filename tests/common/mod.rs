@@ -11,6 +11,7 @@ use std::{
 };
 
 use customers::{
+    domain::CustomerId,
     embedded_pg::{Cluster, ClusterOptions, process_alive},
     pb::{self, customer_service_client::CustomerServiceClient},
     server::ServeOptions,
@@ -20,7 +21,10 @@ use customers::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio::{net::TcpListener, sync::OnceCell, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Channel, ClientTlsConfig},
+};
 use tonic_types::StatusExt;
 
 /// The server every test database lives on.
@@ -141,6 +145,8 @@ pub struct Options {
     pub stream: StreamOptions,
     pub pool: PoolOptions,
     pub serve: ServeOptions,
+    /// How the test client speaks TLS to a TLS server.
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 impl Default for Options {
@@ -155,6 +161,7 @@ impl Default for Options {
                 health_check_interval: Duration::from_millis(100),
                 ..ServeOptions::default()
             },
+            client_tls: None,
         }
     }
 }
@@ -185,12 +192,18 @@ impl TestService {
             registry,
             shutdown.clone(),
         ));
+        let client_tls = options.client_tls;
         let task = tokio::spawn(customers::server::serve(listener, api, options.serve));
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connecting to the test server");
+        let channel = match client_tls {
+            Some(tls) => Channel::from_shared(format!("https://localhost:{}", address.port()))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap(),
+            None => Channel::from_shared(format!("http://{address}")).unwrap(),
+        }
+        .connect()
+        .await
+        .expect("connecting to the test server");
         TestService {
             metrics_address,
             client: CustomerServiceClient::new(channel.clone()),
@@ -240,6 +253,39 @@ impl Drop for TestService {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Inserts `n` customers of the default app straight into the table (fast),
+/// with create times spread over 97 distinct seconds so that the order
+/// depends on both the time and the id.
+pub async fn seed(database_url: &str, n: usize) {
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| CustomerId::generate().uuid()).collect();
+    let mut conn = AsyncPgConnection::establish(database_url).await.unwrap();
+    diesel::sql_query(
+        "INSERT INTO customers (app_id, id, email, name, metadata, create_time, update_time)
+         SELECT '00000000-0000-0000-0000-000000000000', id, 'bulk' || n || '@example.com',
+                'Bulk ' || n, jsonb_build_object('parity', (n % 2)::text),
+                now() - (n % 97) * interval '1 second', now()
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// A client that grants a 64 KiB HTTP/2 window: hyper's default is 2 MiB,
+/// which thousands of small customers fit in, so a server stream to the
+/// default client can finish while the client reads nothing.
+pub async fn small_window_client(svc: &TestService) -> CustomerServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", svc.address))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    CustomerServiceClient::new(channel)
 }
 
 /// A customer with just an email.

@@ -13,26 +13,6 @@ use std::sync::atomic::Ordering;
 
 use crate::common::*;
 
-/// Inserts `n` customers of the default app straight into the table (fast),
-/// with create times spread over 97 distinct seconds so that the order
-/// depends on both the time and the id.
-async fn seed(svc: &TestService, n: usize) {
-    use diesel_async::RunQueryDsl;
-    let ids: Vec<uuid::Uuid> = (0..n).map(|_| CustomerId::generate().uuid()).collect();
-    let mut conn = svc.sql().await;
-    diesel::sql_query(
-        "INSERT INTO customers (app_id, id, email, name, metadata, create_time, update_time)
-         SELECT '00000000-0000-0000-0000-000000000000', id, 'bulk' || n || '@example.com',
-                'Bulk ' || n, jsonb_build_object('parity', (n % 2)::text),
-                now() - (n % 97) * interval '1 second', now()
-         FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .execute(&mut conn)
-    .await
-    .unwrap();
-}
-
 fn position(c: &pb::Customer) -> (i64, i32, String) {
     let t = c.create_time.unwrap();
     let uuid = c.id.parse::<CustomerId>().unwrap().uuid().to_string();
@@ -53,7 +33,7 @@ fn assert_strictly_ordered(customers: &[pb::Customer], descending: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_ten_thousand_customers_in_order() {
     let mut svc = TestService::start().await;
-    seed(&svc, 10_500).await;
+    seed(&svc.database_url, 10_500).await;
     for order in [Order::CreateTimeAsc, Order::CreateTimeDesc] {
         let all = list(
             &mut svc.client,
@@ -78,7 +58,7 @@ async fn a_cut_stream_resumes_without_gaps_or_repeats() {
         ..Default::default()
     })
     .await;
-    seed(&svc, 1_000).await;
+    seed(&svc.database_url, 1_000).await;
     for order in [Order::CreateTimeAsc, Order::CreateTimeDesc] {
         let request = pb::ListCustomersRequest {
             order: order as i32,
@@ -120,7 +100,7 @@ async fn a_cancelled_stream_stops_querying() {
         ..Default::default()
     })
     .await;
-    seed(&svc, 5_000).await;
+    seed(&svc.database_url, 5_000).await;
     let mut stream = svc
         .client
         .list_customers(pb::ListCustomersRequest::default())
@@ -150,17 +130,8 @@ async fn a_slow_client_holds_the_server_back() {
         ..Default::default()
     })
     .await;
-    seed(&svc, 5_000).await;
-    // A client that grants a 64 KiB HTTP/2 window (hyper's default is 2 MiB,
-    // which 5000 small customers would fit in).
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", svc.address))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::customer_service_client::CustomerServiceClient::new(channel);
+    seed(&svc.database_url, 5_000).await;
+    let mut client = small_window_client(&svc).await;
     let mut stream = client
         .list_customers(pb::ListCustomersRequest::default())
         .await
@@ -207,7 +178,7 @@ async fn streams_hold_no_connection_between_batches() {
         ..Default::default()
     })
     .await;
-    seed(&svc, 300).await;
+    seed(&svc.database_url, 300).await;
     let mut first = svc
         .client
         .list_customers(pb::ListCustomersRequest::default())

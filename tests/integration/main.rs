@@ -8,5 +8,6 @@ mod create;
 mod get;
 mod lifecycle;
 mod list;
+mod operability;
 mod operations;
 mod update;
