@@ -10,4 +10,5 @@ mod lifecycle;
 mod list;
 mod operability;
 mod operations;
+mod shutdown;
 mod update;

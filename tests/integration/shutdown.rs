@@ -1,0 +1,292 @@
+//! SIGTERM against the real binary.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use customers::pb::{self, customer_service_client::CustomerServiceClient};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use tonic::{Code, transport::Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service as a child process; killed if the test fails early.
+struct Process(Child);
+
+impl Process {
+    fn start(env: &[(&str, &str)], stderr: Stdio) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_customers"));
+        command
+            .env_remove("DATABASE_URL")
+            .env("CUSTOMERS_METRICS_LISTEN", "off")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Process(command.spawn().unwrap())
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.0.id() as i32), signal).unwrap();
+    }
+
+    async fn exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Opens a health Watch once the server accepts connections.
+async fn watch_health(port: u16) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = endpoint.connect().await
+            && let Ok(watch) = HealthClient::new(channel)
+                .watch(HealthCheckRequest {
+                    service: "customers.v1.CustomerService".into(),
+                })
+                .await
+        {
+            return watch.into_inner();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn until_status(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    want: ServingStatus,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while watch.message().await.unwrap().unwrap().status() != want {}
+    })
+    .await
+    .unwrap_or_else(|_| panic!("health never became {want:?}"));
+}
+
+#[derive(diesel::QueryableByName)]
+struct N {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
+    let url = fresh_database().await;
+    seed(&url, 5_000).await;
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("customers-shutdown-{port}.log"));
+    let mut process = Process::start(
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("CUSTOMERS_LISTEN", &format!("127.0.0.1:{port}")),
+            ("CUSTOMERS_SHUTDOWN_GRACE", "10s"),
+            ("CUSTOMERS_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+        ],
+        std::fs::File::create(&log_path).unwrap().into(),
+    );
+    let mut watch = watch_health(port).await;
+    until_status(&mut watch, ServingStatus::Serving).await;
+
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = CustomerServiceClient::new(channel);
+    let mut private = customer("private.person@example.com");
+    private.phone = "+14155550199".into();
+    let c = create_new(&mut client, private).await;
+
+    // An open stream whose client reads slowly.
+    let mut stream = client
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    // An in-flight unary call: an update waiting on a row we lock.
+    let mut lock = AsyncPgConnection::establish(&url).await.unwrap();
+    let uuid =
+        c.id.parse::<customers::domain::CustomerId>()
+            .unwrap()
+            .uuid();
+    lock.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM customers WHERE id = '{uuid}' FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    // On a connection of its own: the slow stream fills its connection's
+    // HTTP/2 window, which every call on that connection shares.
+    let update = {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = CustomerServiceClient::new(channel);
+        let id = c.id.clone();
+        tokio::spawn(async move {
+            client
+                .update_customer(pb::UpdateCustomerRequest {
+                    customer: Some(pb::Customer {
+                        id,
+                        name: "Finished".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                })
+                .await
+        })
+    };
+    let mut probe = AsyncPgConnection::establish(&url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity
+             WHERE application_name = 'customers' AND wait_event_type = 'Lock'",
+        )
+        .get_result::<N>(&mut probe)
+        .await
+        .unwrap()
+        .n;
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the update never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    process.signal(Signal::SIGTERM);
+    // Readiness goes first.
+    until_status(&mut watch, ServingStatus::NotServing).await;
+    drop(watch);
+
+    // New connections get nowhere.
+    let fresh = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await;
+    if let Ok(channel) = fresh {
+        let refused = get_by_id(&mut CustomerServiceClient::new(channel), &c.id).await;
+        assert!(refused.is_err(), "a new call was served during shutdown");
+    }
+
+    // The in-flight update finishes once the lock goes.
+    lock.batch_execute("COMMIT").await.unwrap();
+    let updated = update
+        .await
+        .unwrap()
+        .expect("the in-flight update completes");
+    assert_eq!(updated.into_inner().customer.unwrap().name, "Finished");
+
+    // The stream delivers what it had sent, then says it was cut.
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the cut stream ended as if complete"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_error(Err::<(), _>(status), Code::Unavailable, "SHUTTING_DOWN");
+
+    let exit = process.exit(Duration::from_secs(15)).await;
+    assert!(exit.success(), "{exit:?}");
+
+    // Logs: JSON lines, no personal data.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("CreateCustomer"), "calls are logged: {log}");
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            !line.contains("private.person") && !line.contains("4155550199"),
+            "personal data in the log: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_embedded_postgres_too() {
+    let data = std::env::temp_dir().join(format!("customers-test-{}-embedded", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let port = free_port();
+    let mut process = Process::start(
+        &[
+            ("CUSTOMERS_DATA_DIR", data.to_str().unwrap()),
+            ("CUSTOMERS_LISTEN", &format!("127.0.0.1:{port}")),
+        ],
+        Stdio::null(),
+    );
+    let mut watch = watch_health(port).await;
+    until_status(&mut watch, ServingStatus::Serving).await;
+    drop(watch);
+    let pid_file = data.join("pgdata/postmaster.pid");
+    let postmaster: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(customers::embedded_pg::process_alive(postmaster));
+
+    process.signal(Signal::SIGINT);
+    let exit = process.exit(Duration::from_secs(30)).await;
+    assert!(exit.success(), "{exit:?}");
+    // A clean PostgreSQL shutdown removes its pid file.
+    assert!(!pid_file.exists());
+    assert!(!customers::embedded_pg::process_alive(postmaster));
+    let _ = std::fs::remove_dir_all(&data);
+}
