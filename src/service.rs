@@ -9,9 +9,8 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll, ready},
 };
-
-use std::task::{Context, Poll, ready};
 
 use futures_util::Stream;
 use tokio::{sync::mpsc, time::Instant};

@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use diesel::{dsl::now, prelude::*, sql_types};
+use diesel::{
+    dsl::{Eq, Filter, now},
+    prelude::*,
+    sql_types,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -43,6 +47,16 @@ fn active_by_external_id(app: AppId, external_id: &str) -> c::BoxedQuery<'static
     of_app(app)
         .filter(c::state.eq(State::Active.as_str()))
         .filter(c::external_id.eq(external_id.to_owned()))
+}
+
+/// The provider-id rows of one customer.
+fn provider_ids_of(
+    app: AppId,
+    id: CustomerId,
+) -> Filter<Filter<pids::table, Eq<pids::app_id, Uuid>>, Eq<pids::customer_id, Uuid>> {
+    pids::table
+        .filter(pids::app_id.eq(app.0))
+        .filter(pids::customer_id.eq(id.uuid()))
 }
 
 /// Loads the provider ids of `rows` and builds the customers.
@@ -97,8 +111,7 @@ async fn lock_by_id(
     id: CustomerId,
 ) -> Result<Customer, Error> {
     let row = c::table
-        .filter(c::app_id.eq(app.0))
-        .filter(c::id.eq(id.uuid()))
+        .find((app.0, id.uuid()))
         .select(CustomerRow::as_select())
         .for_update()
         .first(conn)
@@ -313,9 +326,7 @@ pub async fn update(
             });
         }
 
-        let row = diesel::update(c::table)
-            .filter(c::app_id.eq(app.0))
-            .filter(c::id.eq(id.uuid()))
+        let row = diesel::update(c::table.find((app.0, id.uuid())))
             .set((
                 CustomerColumns::new(&new),
                 c::revision.eq(c::revision + 1),
@@ -332,10 +343,7 @@ pub async fn update(
                 .filter(|(p, v)| new.provider_ids.get(*p) != Some(*v))
                 .map(|(p, _)| p)
                 .collect();
-            diesel::delete(pids::table)
-                .filter(pids::app_id.eq(app.0))
-                .filter(pids::customer_id.eq(id.uuid()))
-                .filter(pids::provider.eq_any(gone))
+            diesel::delete(provider_ids_of(app, id).filter(pids::provider.eq_any(gone)))
                 .execute(conn)
                 .await?;
             let added: BTreeMap<String, String> = new
@@ -369,9 +377,7 @@ pub async fn archive(
             State::Archived => return Ok(current),
             State::Deleted => return Err(Error::Deleted),
         }
-        let row = diesel::update(c::table)
-            .filter(c::app_id.eq(app.0))
-            .filter(c::id.eq(id.uuid()))
+        let row = diesel::update(c::table.find((app.0, id.uuid())))
             .set((
                 c::state.eq(State::Archived.as_str()),
                 c::archive_time.eq(now),
@@ -381,9 +387,7 @@ pub async fn archive(
             .returning(CustomerRow::as_returning())
             .get_result(conn)
             .await?;
-        diesel::update(pids::table)
-            .filter(pids::app_id.eq(app.0))
-            .filter(pids::customer_id.eq(id.uuid()))
+        diesel::update(provider_ids_of(app, id))
             .set(pids::active.eq(false))
             .execute(conn)
             .await?;
@@ -408,15 +412,11 @@ pub async fn delete(
         if current.state == State::Deleted {
             return Ok(current);
         }
-        diesel::delete(pids::table)
-            .filter(pids::app_id.eq(app.0))
-            .filter(pids::customer_id.eq(id.uuid()))
+        diesel::delete(provider_ids_of(app, id))
             .execute(conn)
             .await?;
         let none: Option<&str> = None;
-        let row = diesel::update(c::table)
-            .filter(c::app_id.eq(app.0))
-            .filter(c::id.eq(id.uuid()))
+        let row = diesel::update(c::table.find((app.0, id.uuid())))
             .set((
                 (
                     c::external_id.eq(none),
