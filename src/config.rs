@@ -29,6 +29,81 @@ pub enum Command {
     Serve(ServeConfig),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseConfig),
+    /// Manage apps (tenants): an admin path that needs the database, not an
+    /// API key.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Manage an app's API keys (admin path: needs the database).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// The database of the admin commands.
+#[derive(Debug, Clone, Args)]
+pub struct AdminDatabase {
+    /// PostgreSQL URL of the service's database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app; prints its id.
+    Create {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        database: AdminDatabase,
+    },
+    /// List apps.
+    List {
+        #[command(flatten)]
+        database: AdminDatabase,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key for an app; prints the key, the only time it is shown.
+    Create {
+        /// The app ("app_...").
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        database: AdminDatabase,
+    },
+    /// List an app's keys: id, prefix, creation and expiry times.
+    List {
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        database: AdminDatabase,
+    },
+    /// Revoke a key now (effective within --auth-cache-ttl).
+    Revoke {
+        #[arg(long)]
+        app: String,
+        /// The key's id ("key_..."), as `keys list` shows it.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        database: AdminDatabase,
+    },
+    /// Create a new key and make an old one expire after an overlap, so
+    /// that clients can switch without downtime.
+    Rotate {
+        #[arg(long)]
+        app: String,
+        /// The key being replaced ("key_...").
+        #[arg(long)]
+        key: String,
+        /// How long the old key keeps working.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        overlap: Duration,
+        #[command(flatten)]
+        database: AdminDatabase,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +150,26 @@ pub struct ServeConfig {
     /// disable it.
     #[arg(long, env = "CUSTOMERS_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: OptionalAddr,
+
+    /// How long a verified API key is trusted before the database is asked
+    /// again: a revoked key stops working within this time.
+    #[arg(long, env = "CUSTOMERS_AUTH_CACHE_TTL", default_value = "10s",
+          value_parser = parse_duration)]
+    pub auth_cache_ttl: Duration,
+
+    /// Calls per second each app may make, per replica; 0: no limit.
+    #[arg(long, env = "CUSTOMERS_APP_RATE_LIMIT", default_value_t = 1000)]
+    pub app_rate_limit: u32,
+
+    /// Calls an app may make in a burst above its rate.
+    #[arg(long, env = "CUSTOMERS_APP_RATE_BURST", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_rate_burst: u32,
+
+    /// ListCustomers streams each app may have open at once, per replica;
+    /// 0: no limit.
+    #[arg(long, env = "CUSTOMERS_APP_MAX_STREAMS", default_value_t = 16)]
+    pub app_max_streams: u32,
 
     /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
     #[arg(long, env = "CUSTOMERS_TLS_CERT", requires = "tls_key")]

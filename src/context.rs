@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Request;
 
-use crate::domain::AppId;
+use crate::{domain::AppId, error::Error};
 
 /// The scope and time budget of one call.
 #[derive(Debug, Clone, Copy)]
@@ -24,18 +24,23 @@ impl RequestContext {
         }
     }
 
-    /// The context of a gRPC request: the default app (until
-    /// authentication), and the client's `grpc-timeout`.
-    pub fn of<T>(request: &Request<T>) -> Self {
+    /// The context of a gRPC request: the app its API key belongs to (put
+    /// there by the authentication layer, never taken from a request field),
+    /// and the client's `grpc-timeout`.
+    pub fn of<T>(request: &Request<T>) -> Result<Self, Error> {
+        let app = *request
+            .extensions()
+            .get::<AppId>()
+            .ok_or(Error::Unauthenticated("API_KEY_MISSING"))?;
         let timeout = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        Self {
-            app: AppId::DEFAULT,
+        Ok(Self {
+            app,
             deadline: timeout.map(|t| Instant::now() + t.saturating_sub(margin(t))),
-        }
+        })
     }
 
     /// Time left before the deadline, if there is one.

@@ -12,13 +12,80 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
-/// The tenant a customer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The tenant a customer belongs to, shown as `app_<26 base32>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppId(pub Uuid);
 
 impl AppId {
-    /// The app every request acts on until authentication exists.
+    /// The app of the embedded development mode (created by the first
+    /// migration).
     pub const DEFAULT: AppId = AppId(Uuid::nil());
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct AppTag;
+
+impl StaticType for AppTag {
+    const TYPE: &'static str = "app";
+}
+
+impl fmt::Display for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        TypeSafeId::from_type_and_uuid(AppTag, self.0).fmt(f)
+    }
+}
+
+impl fmt::Debug for AppId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for AppId {
+    type Err = type_safe_id::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let id: TypeSafeId<AppTag> = s.parse()?;
+        Ok(Self(id.uuid()))
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct KeyTag;
+
+impl StaticType for KeyTag {
+    const TYPE: &'static str = "key";
+}
+
+/// An API key's id (not the key itself), shown as `key_<26 base32>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub Uuid);
+
+impl KeyId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        TypeSafeId::from_type_and_uuid(KeyTag, self.0).fmt(f)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = type_safe_id::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let id: TypeSafeId<KeyTag> = s.parse()?;
+        Ok(Self(id.uuid()))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

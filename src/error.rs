@@ -40,6 +40,12 @@ pub enum Error {
     Deleted,
     #[error("the request conflicted with a concurrent write; retry it")]
     Contention,
+    #[error("{}", unauthenticated_message(.0))]
+    Unauthenticated(&'static str),
+    #[error("this app is calling too fast; retry later")]
+    RateLimited,
+    #[error("this app has too many ListCustomers streams open; retry later")]
+    TooManyStreams,
     #[error("the deadline passed before the call completed")]
     DeadlineExceeded,
     #[error("the server is shutting down; retry (streams: resume after the last id received)")]
@@ -48,6 +54,16 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn unauthenticated_message(reason: &str) -> &'static str {
+    match reason {
+        "API_KEY_MISSING" => {
+            "send an API key as `authorization: Bearer <key>` or `x-api-key: <key>`"
+        }
+        "API_KEY_REVOKED" => "the API key is revoked or expired",
+        _ => "the API key is not valid",
+    }
 }
 
 fn key_name(key: Key) -> &'static str {
@@ -73,6 +89,9 @@ impl Error {
             Error::Archived => "CUSTOMER_ARCHIVED",
             Error::Deleted => "CUSTOMER_DELETED",
             Error::Contention => "CONCURRENT_MODIFICATION",
+            Error::Unauthenticated(reason) => reason,
+            Error::RateLimited => "RATE_LIMITED",
+            Error::TooManyStreams => "TOO_MANY_STREAMS",
             Error::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
@@ -87,6 +106,8 @@ impl Error {
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::EtagMismatch | Error::Contention => Code::Aborted,
             Error::Archived | Error::Deleted => Code::FailedPrecondition,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::RateLimited | Error::TooManyStreams => Code::ResourceExhausted,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::ShuttingDown | Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,

@@ -1,6 +1,8 @@
 //! The customer service: a gRPC API over PostgreSQL that owns billing
 //! customers. See README.md.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod context;
 pub mod conversions;

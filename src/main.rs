@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use customers::{
+    admin,
     config::{Cli, Command, ConfigError, LogFormat},
     server, storage, telemetry,
 };
@@ -45,6 +46,8 @@ fn main() -> ExitCode {
                 tracing::info!(?applied, "migrations applied");
                 Ok(())
             }
+            Some(Command::Apps(command)) => admin::apps(command).await,
+            Some(Command::Keys(command)) => admin::keys(command).await,
             Some(Command::Serve(config)) => server::run(config).await,
             None => server::run(cli.serve).await,
         }

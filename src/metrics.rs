@@ -44,6 +44,11 @@ struct MethodLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandledLabels {
     grpc_type: &'static str,
     grpc_service: String,
@@ -62,6 +67,7 @@ pub struct Metrics {
     started: Family<MethodLabels, Counter>,
     handled: Family<HandledLabels, Counter>,
     handling_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    auth_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +76,7 @@ impl Default for Metrics {
             started: Family::default(),
             handled: Family::default(),
             handling_seconds: Family::new_with_constructor(latency_histogram),
+            auth_failures: Family::default(),
         }
     }
 }
@@ -86,6 +93,13 @@ impl Metrics {
         MetricsLayer {
             metrics: self.clone(),
         }
+    }
+
+    /// Counts a failed authentication by its reason.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// A registry of these metrics, the pool's gauges and stream counters.
@@ -105,6 +119,11 @@ impl Metrics {
             "grpc_server_handling_seconds",
             "Time from the start of an RPC to its status (streams: to the end of the stream)",
             self.handling_seconds.clone(),
+        );
+        registry.register(
+            "customers_auth_failures",
+            "Calls refused for a missing, invalid or revoked API key",
+            self.auth_failures.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
             pool: pool.clone(),
@@ -239,7 +258,7 @@ where
             "grpc",
             grpc.service = service,
             grpc.method = method,
-            app = "default",
+            app = field::Empty,
             grpc.code = field::Empty,
             latency_ms = field::Empty,
         );

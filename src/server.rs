@@ -1,7 +1,7 @@
 //! Wiring: the database (given or embedded), migrations, the gRPC server
 //! with health and reflection, readiness, and the shutdown sequence.
 
-use std::{path::Path, time::Duration};
+use std::{num::NonZeroU32, path::Path, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, time::Instant};
@@ -11,6 +11,8 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    admin,
+    auth::{AuthLayer, AuthOptions, Authenticator},
     config::{ConfigError, ServeConfig},
     embedded_pg::{Cluster, ClusterOptions},
     metrics::{self, Metrics},
@@ -37,6 +39,7 @@ pub struct ServeOptions {
     /// Certificate and key: serve over TLS.
     pub tls: Option<Identity>,
     pub metrics: Metrics,
+    pub auth: AuthOptions,
 }
 
 impl Default for ServeOptions {
@@ -48,6 +51,7 @@ impl Default for ServeOptions {
             max_send_message_size: 4 << 20,
             tls: None,
             metrics: Metrics::default(),
+            auth: AuthOptions::default(),
         }
     }
 }
@@ -75,6 +79,11 @@ impl ServeOptions {
             max_send_message_size: config.max_send_message_size as usize,
             tls,
             metrics: Metrics::default(),
+            auth: AuthOptions {
+                cache_ttl: config.auth_cache_ttl,
+                rate_per_second: NonZeroU32::new(config.app_rate_limit),
+                rate_burst: NonZeroU32::new(config.app_rate_burst).unwrap_or(NonZeroU32::MIN),
+            },
         })
     }
 }
@@ -109,6 +118,13 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!(?applied, "applied migrations");
     }
     let pool = storage::pool(&database_url, &config.database.pool_options())?;
+    if cluster.is_some() {
+        let key = admin::development_key(&pool, &config.database.data_dir).await?;
+        tracing::info!(
+            "development API key of the default app (also in {}): {key}",
+            config.database.data_dir.join("dev-api-key").display()
+        );
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -116,6 +132,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         pool.clone(),
         StreamOptions {
             batch_size: config.stream_batch_size as usize,
+            max_per_app: NonZeroU32::new(config.app_max_streams),
         },
         shutdown.clone(),
     );
@@ -207,6 +224,7 @@ pub async fn serve(
             // error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
+    let auth = Authenticator::new(api.pool().clone(), &options.auth, options.metrics.clone());
     let customers = CustomerServiceServer::new(api)
         .max_decoding_message_size(options.max_recv_message_size)
         .max_encoding_message_size(options.max_send_message_size);
@@ -216,7 +234,11 @@ pub async fn serve(
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
     let server = builder
-        .layer(options.metrics.layer())
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(options.metrics.layer())
+                .layer(AuthLayer::new(auth)),
+        )
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -3,10 +3,12 @@
 //! `domain`, SQL in `storage`, status codes in `error`.
 
 use std::{
+    collections::HashMap,
     future::Future,
+    num::NonZeroU32,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
@@ -20,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     context::RequestContext,
     conversions,
-    domain::{self, CustomerFields, ListFilter, Patch},
+    domain::{self, AppId, CustomerFields, ListFilter, Patch},
     error::Error,
     pb::{self, customer_service_server::CustomerService},
     storage::{
@@ -34,11 +36,16 @@ use crate::{
 pub struct StreamOptions {
     /// Rows per keyset query; also the depth of the channel to the client.
     pub batch_size: usize,
+    /// Streams one app may have open at once in this process.
+    pub max_per_app: Option<NonZeroU32>,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        Self { batch_size: 500 }
+        Self {
+            batch_size: 500,
+            max_per_app: NonZeroU32::new(16),
+        }
     }
 }
 
@@ -53,19 +60,44 @@ pub struct StreamStats {
     pub messages: AtomicU64,
 }
 
-/// Counts a stream as open while it lives.
-struct OpenStream(Arc<StreamStats>);
+/// Open streams per app, to hold each app to its limit.
+type StreamsPerApp = Arc<Mutex<HashMap<AppId, u32>>>;
+
+/// A stream counted as open (overall and for its app) while it lives.
+struct OpenStream {
+    stats: Arc<StreamStats>,
+    per_app: StreamsPerApp,
+    app: AppId,
+}
 
 impl OpenStream {
-    fn new(stats: Arc<StreamStats>) -> Self {
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        Self(stats)
+    /// Counts a new stream of `app`, unless the app is at its limit.
+    fn open(api: &CustomerApi, app: AppId) -> Result<Self, Error> {
+        let mut per_app = api.per_app.lock().unwrap_or_else(|e| e.into_inner());
+        let open = per_app.entry(app).or_default();
+        if api.stream.max_per_app.is_some_and(|max| *open >= max.get()) {
+            return Err(Error::TooManyStreams);
+        }
+        *open += 1;
+        api.stats.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Self {
+            stats: api.stats.clone(),
+            per_app: api.per_app.clone(),
+            app,
+        })
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        let mut per_app = self.per_app.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = per_app.get_mut(&self.app) {
+            *open -= 1;
+            if *open == 0 {
+                per_app.remove(&self.app);
+            }
+        }
     }
 }
 
@@ -78,6 +110,7 @@ pub struct CustomerApi {
     /// Cancelled when the server shuts down: open streams end.
     shutdown: CancellationToken,
     stats: Arc<StreamStats>,
+    per_app: StreamsPerApp,
 }
 
 impl CustomerApi {
@@ -87,6 +120,7 @@ impl CustomerApi {
             stream,
             shutdown,
             stats: Arc::default(),
+            per_app: Arc::default(),
         }
     }
 
@@ -125,7 +159,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request);
+        let ctx = RequestContext::of(&request)?;
         let customer = required("customer", request.into_inner().customer)?;
         let fields = CustomerFields::from(customer).validate("customer.")?;
         let pool = self.pool.clone();
@@ -142,7 +176,7 @@ impl CustomerService for CustomerApi {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         use pb::get_customer_request::Lookup as By;
-        let ctx = RequestContext::of(&request);
+        let ctx = RequestContext::of(&request)?;
         let lookup = match request.into_inner().lookup {
             Some(By::Id(id)) => Lookup::Id(domain::parse_id("id", &id)?),
             Some(By::ExternalId(id)) if !id.is_empty() => Lookup::ExternalId(id),
@@ -176,7 +210,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request);
+        let ctx = RequestContext::of(&request)?;
         let request = request.into_inner();
         let customer = required("customer", request.customer)?;
         let id = domain::parse_id("customer.id", &customer.id)?;
@@ -207,7 +241,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<Self::ListCustomersStream>, Status> {
-        let ctx = RequestContext::of(&request);
+        let ctx = RequestContext::of(&request)?;
         let filter = ListFilter::try_from(request.into_inner())?;
         let start = match filter.resume_after {
             Some(id) => match store::position_of(&self.pool, &ctx, id).await {
@@ -221,8 +255,9 @@ impl CustomerService for CustomerApi {
             },
             None => None,
         };
+        let open = OpenStream::open(self, ctx.app)?;
         let (tx, rx) = mpsc::channel(self.stream.batch_size);
-        tokio::spawn(stream_customers(self.clone(), ctx, filter, start, tx));
+        tokio::spawn(stream_customers(self.clone(), ctx, filter, start, tx, open));
         Ok(Response::new(CustomerStream {
             rx,
             stop: Box::pin(stream_stop(self.shutdown.clone(), ctx.deadline)),
@@ -234,7 +269,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ArchiveCustomerRequest>,
     ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request);
+        let ctx = RequestContext::of(&request)?;
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let pool = self.pool.clone();
@@ -251,7 +286,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request);
+        let ctx = RequestContext::of(&request)?;
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let pool = self.pool.clone();
@@ -321,8 +356,8 @@ async fn stream_customers(
     filter: ListFilter,
     mut after: Option<Position>,
     tx: StreamSender,
+    _open: OpenStream,
 ) {
-    let _open = OpenStream::new(api.stats.clone());
     let batch_size = api.stream.batch_size.max(1) as u64;
     let mut remaining = filter.limit;
     loop {

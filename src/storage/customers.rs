@@ -13,9 +13,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
-    Pool, bound, connect,
+    Pool, connect,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
+    scope,
 };
 use crate::{
     context::RequestContext,
@@ -194,7 +195,7 @@ pub async fn create(
         let id = CustomerId::generate();
         let outcome = conn
             .transaction::<_, Error, _>(async |conn| {
-                bound(conn, ctx).await?;
+                scope(conn, ctx).await?;
                 let inserted = diesel::insert_into(c::table)
                     .values(NewCustomer {
                         app_id: app.0,
@@ -257,7 +258,7 @@ pub async fn get(pool: &Pool, ctx: &RequestContext, lookup: &Lookup) -> Result<C
         .read_only()
         .repeatable_read()
         .run::<_, Error, _>(async |conn| {
-            bound(conn, ctx).await?;
+            scope(conn, ctx).await?;
             let query = match lookup {
                 Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
                 Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
@@ -292,7 +293,7 @@ pub async fn update(
     let app = ctx.app;
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
-        bound(conn, ctx).await?;
+        scope(conn, ctx).await?;
         let current = lock_by_id(conn, app, id).await?;
         match current.state {
             State::Active => {}
@@ -369,7 +370,7 @@ pub async fn archive(
     let app = ctx.app;
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
-        bound(conn, ctx).await?;
+        scope(conn, ctx).await?;
         let current = lock_by_id(conn, app, id).await?;
         current.check_etag(etag)?;
         match current.state {
@@ -406,7 +407,7 @@ pub async fn delete(
     let app = ctx.app;
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
-        bound(conn, ctx).await?;
+        scope(conn, ctx).await?;
         let current = lock_by_id(conn, app, id).await?;
         current.check_etag(etag)?;
         if current.state == State::Deleted {
@@ -459,7 +460,7 @@ pub async fn position_of(
     conn.build_transaction()
         .read_only()
         .run::<_, Error, _>(async |conn| {
-            bound(conn, ctx).await?;
+            scope(conn, ctx).await?;
             Ok(of_app(ctx.app)
                 .filter(c::id.eq(id.uuid()))
                 .select((c::create_time, c::id))
@@ -544,7 +545,7 @@ pub async fn list_batch(
         .read_only()
         .repeatable_read()
         .run::<_, Error, _>(async |conn| {
-            bound(conn, ctx).await?;
+            scope(conn, ctx).await?;
             let rows = query.load(conn).await?;
             with_provider_ids(conn, app, rows).await
         })

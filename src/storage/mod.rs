@@ -1,5 +1,6 @@
 //! PostgreSQL: the connection pool, migrations, and the SQL of each operation.
 
+pub mod apps;
 pub mod customers;
 mod models;
 pub mod schema;
@@ -103,20 +104,30 @@ pub async fn connect(pool: &Pool, deadline: Option<Instant>) -> Result<Connectio
     })
 }
 
-/// Bounds the rest of the current transaction by the call's deadline: the
-/// server cancels any statement still running when it passes.
-pub async fn bound(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
-    let Some(remaining) = ctx.remaining() else {
-        return Ok(());
+/// The database role every service transaction acts as: not the tables'
+/// owner, so row-level security applies (see the second migration).
+pub const SERVICE_ROLE: &str = "customers_service";
+
+/// Scopes the rest of the current transaction to the call, in one round
+/// trip: acts as [`SERVICE_ROLE`], sets `customers.app_id` (which row-level
+/// security filters on), and bounds every statement by the call's deadline
+/// (the server cancels a statement still running when it passes).
+pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
+    let timeout_ms = match ctx.remaining() {
+        Some(remaining) if remaining.is_zero() => return Err(Error::DeadlineExceeded),
+        Some(remaining) => Some(remaining.as_millis().max(1).to_string()),
+        None => None,
     };
-    if remaining.is_zero() {
-        return Err(Error::DeadlineExceeded);
-    }
-    let ms = remaining.as_millis().max(1).to_string();
-    diesel::sql_query("SELECT set_config('statement_timeout', $1, true)")
-        .bind::<diesel::sql_types::Text, _>(ms)
-        .execute(conn)
-        .await?;
+    diesel::sql_query(
+        "SELECT set_config('role', $1, true), set_config('customers.app_id', $2, true),
+                set_config('statement_timeout',
+                           coalesce($3, current_setting('statement_timeout')), true)",
+    )
+    .bind::<diesel::sql_types::Text, _>(SERVICE_ROLE)
+    .bind::<diesel::sql_types::Text, _>(ctx.app.0.to_string())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(timeout_ms)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -1,6 +1,17 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    api_keys (app_id, id) {
+        app_id -> Uuid,
+        id -> Uuid,
+        prefix -> Text,
+        secret_hash -> Bytea,
+        create_time -> Timestamptz,
+        expire_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     apps (id) {
         id -> Uuid,
         name -> Text,
@@ -43,6 +54,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(api_keys -> apps (app_id));
 diesel::joinable!(customers -> apps (app_id));
 
-diesel::allow_tables_to_appear_in_same_query!(apps, customer_provider_ids, customers,);
+diesel::allow_tables_to_appear_in_same_query!(api_keys, apps, customer_provider_ids, customers,);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use customers::{
-    domain::CustomerId,
+    domain::{AppId, CustomerId},
     embedded_pg::{Cluster, ClusterOptions, process_alive},
     pb::{self, customer_service_client::CustomerServiceClient},
     server::ServeOptions,
@@ -23,6 +23,8 @@ use tokio::{net::TcpListener, sync::OnceCell, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Code, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, ClientTlsConfig},
 };
 use tonic_types::StatusExt;
@@ -127,9 +129,49 @@ pub async fn fresh_database() -> String {
     database_url(&name)
 }
 
+/// Adds an API key to every call.
+#[derive(Clone)]
+pub struct WithKey(MetadataValue<Ascii>);
+
+impl Interceptor for WithKey {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A customer-service client that presents an API key.
+pub type Client = CustomerServiceClient<InterceptedService<Channel, WithKey>>;
+
+pub fn client(channel: Channel, key: &str) -> Client {
+    CustomerServiceClient::with_interceptor(
+        channel,
+        WithKey(format!("Bearer {key}").parse().expect("an ASCII key")),
+    )
+}
+
+/// Creates an API key of `app` in the database at `database_url`.
+pub async fn create_key(database_url: &str, app: AppId) -> String {
+    try_create_key(database_url, app)
+        .await
+        .expect("creating an API key")
+}
+
+async fn try_create_key(database_url: &str, app: AppId) -> Option<String> {
+    let pool = storage::pool(database_url, &PoolOptions::default()).unwrap();
+    let key = customers::admin::create_key(&pool, app).await.ok();
+    pool.close();
+    key.map(|k| k.reveal())
+}
+
 /// The service under test, on 127.0.0.1 with its own database.
 pub struct TestService {
-    pub client: CustomerServiceClient<Channel>,
+    /// A client of the default app.
+    pub client: Client,
+    /// The default app's key, which `client` presents.
+    pub key: String,
     pub channel: Channel,
     pub address: std::net::SocketAddr,
     /// Where `GET /metrics` answers.
@@ -193,6 +235,13 @@ impl TestService {
             shutdown.clone(),
         ));
         let client_tls = options.client_tls;
+        // A database that does not answer gets a well-formed key that is
+        // stored nowhere: checking it needs the database, so calls are
+        // UNAVAILABLE, not UNAUTHENTICATED.
+        let key = match try_create_key(&database_url, AppId::DEFAULT).await {
+            Some(key) => key,
+            None => customers::auth::ApiKey::generate(AppId::DEFAULT).reveal(),
+        };
         let task = tokio::spawn(customers::server::serve(listener, api, options.serve));
         let channel = match client_tls {
             Some(tls) => Channel::from_shared(format!("https://localhost:{}", address.port()))
@@ -206,7 +255,8 @@ impl TestService {
         .expect("connecting to the test server");
         TestService {
             metrics_address,
-            client: CustomerServiceClient::new(channel.clone()),
+            client: client(channel.clone(), &key),
+            key,
             channel,
             address,
             database_url,
@@ -277,7 +327,7 @@ pub async fn seed(database_url: &str, n: usize) {
 /// A client that grants a 64 KiB HTTP/2 window: hyper's default is 2 MiB,
 /// which thousands of small customers fit in, so a server stream to the
 /// default client can finish while the client reads nothing.
-pub async fn small_window_client(svc: &TestService) -> CustomerServiceClient<Channel> {
+pub async fn small_window_client(svc: &TestService) -> Client {
     let channel = Channel::from_shared(format!("http://{}", svc.address))
         .unwrap()
         .initial_stream_window_size(65_535)
@@ -285,7 +335,7 @@ pub async fn small_window_client(svc: &TestService) -> CustomerServiceClient<Cha
         .connect()
         .await
         .unwrap();
-    CustomerServiceClient::new(channel)
+    client(channel, &svc.key)
 }
 
 /// A customer with just an email.
@@ -297,7 +347,7 @@ pub fn customer(email: &str) -> pb::Customer {
 }
 
 pub async fn create(
-    client: &mut CustomerServiceClient<Channel>,
+    client: &mut Client,
     customer: pb::Customer,
 ) -> Result<pb::CreateCustomerResponse, Status> {
     client
@@ -309,19 +359,13 @@ pub async fn create(
 }
 
 /// Creates a customer that must not exist yet.
-pub async fn create_new(
-    client: &mut CustomerServiceClient<Channel>,
-    customer: pb::Customer,
-) -> pb::Customer {
+pub async fn create_new(client: &mut Client, customer: pb::Customer) -> pb::Customer {
     let response = create(client, customer).await.expect("create");
     assert!(response.created, "expected a new customer");
     response.customer.unwrap()
 }
 
-pub async fn get_by_id(
-    client: &mut CustomerServiceClient<Channel>,
-    id: &str,
-) -> Result<pb::Customer, Status> {
+pub async fn get_by_id(client: &mut Client, id: &str) -> Result<pb::Customer, Status> {
     client
         .get_customer(pb::GetCustomerRequest {
             lookup: Some(pb::get_customer_request::Lookup::Id(id.to_owned())),
@@ -332,7 +376,7 @@ pub async fn get_by_id(
 
 /// Drains a ListCustomers stream.
 pub async fn list(
-    client: &mut CustomerServiceClient<Channel>,
+    client: &mut Client,
     request: pb::ListCustomersRequest,
 ) -> Result<Vec<pb::Customer>, Status> {
     let mut stream = client.list_customers(request).await?.into_inner();

@@ -54,7 +54,10 @@ async fn streams_ten_thousand_customers_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_stream_resumes_without_gaps_or_repeats() {
     let mut svc = TestService::start_with(Options {
-        stream: StreamOptions { batch_size: 100 },
+        stream: StreamOptions {
+            batch_size: 100,
+            ..StreamOptions::default()
+        },
         ..Default::default()
     })
     .await;
@@ -96,7 +99,10 @@ async fn a_cut_stream_resumes_without_gaps_or_repeats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_stream_stops_querying() {
     let mut svc = TestService::start_with(Options {
-        stream: StreamOptions { batch_size: 50 },
+        stream: StreamOptions {
+            batch_size: 50,
+            ..StreamOptions::default()
+        },
         ..Default::default()
     })
     .await;
@@ -126,7 +132,10 @@ async fn a_cancelled_stream_stops_querying() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_client_holds_the_server_back() {
     let svc = TestService::start_with(Options {
-        stream: StreamOptions { batch_size: 50 },
+        stream: StreamOptions {
+            batch_size: 50,
+            ..StreamOptions::default()
+        },
         ..Default::default()
     })
     .await;
@@ -169,7 +178,10 @@ async fn streams_hold_no_connection_between_batches() {
     // One connection for everything: a stream that held it while waiting for
     // its client would starve the second stream and the Get below.
     let mut svc = TestService::start_with(Options {
-        stream: StreamOptions { batch_size: 20 },
+        stream: StreamOptions {
+            batch_size: 20,
+            ..StreamOptions::default()
+        },
         pool: PoolOptions {
             max_size: 1,
             acquire_timeout: Duration::from_secs(2),

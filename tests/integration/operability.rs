@@ -336,7 +336,7 @@ async fn serves_grpc_over_tls() {
         .connect()
         .await;
     if let Ok(channel) = plain {
-        let mut client = pb::customer_service_client::CustomerServiceClient::new(channel);
+        let mut client = client(channel, &svc.key);
         assert!(get_by_id(&mut client, &c.id).await.is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use customers::pb::{self, customer_service_client::CustomerServiceClient};
+use customers::{domain::AppId, pb};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use nix::{
     sys::signal::{Signal, kill},
@@ -113,6 +113,7 @@ struct N {
 async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     let url = fresh_database().await;
     seed(&url, 5_000).await;
+    let key = create_key(&url, AppId::DEFAULT).await;
     let port = free_port();
     let log_path = std::env::temp_dir().join(format!("customers-shutdown-{port}.log"));
     let mut process = Process::start(
@@ -135,7 +136,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
         .connect()
         .await
         .unwrap();
-    let mut client = CustomerServiceClient::new(channel);
+    let mut client = client(channel, &key);
     let mut private = customer("private.person@example.com");
     private.phone = "+14155550199".into();
     let c = create_new(&mut client, private).await;
@@ -167,7 +168,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
             .connect()
             .await
             .unwrap();
-        let mut client = CustomerServiceClient::new(channel);
+        let mut client = crate::common::client(channel, &key);
         let id = c.id.clone();
         tokio::spawn(async move {
             client
@@ -216,7 +217,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
         .connect()
         .await;
     if let Ok(channel) = fresh {
-        let refused = get_by_id(&mut CustomerServiceClient::new(channel), &c.id).await;
+        let refused = get_by_id(&mut crate::common::client(channel, &key), &c.id).await;
         assert!(refused.is_err(), "a new call was served during shutdown");
     }
 
