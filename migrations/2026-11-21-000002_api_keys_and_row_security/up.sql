@@ -33,12 +33,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON customers, customer_provider_ids TO cust
 
 -- Rows are visible only to the app of the transaction's `customers.app_id`
 -- setting; unset, nothing is visible. A query that forgot its app filter
--- returns nothing rather than another app's rows.
+-- returns nothing rather than another app's rows. (Once set in a session,
+-- an out-of-scope setting reads as '' rather than NULL: hence nullif.)
 ALTER TABLE customers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE customer_provider_ids ENABLE ROW LEVEL SECURITY;
 CREATE POLICY app_isolation ON customers
-    USING (app_id = current_setting('customers.app_id', true)::uuid)
-    WITH CHECK (app_id = current_setting('customers.app_id', true)::uuid);
+    USING (app_id = nullif(current_setting('customers.app_id', true), '')::uuid)
+    WITH CHECK (app_id = nullif(current_setting('customers.app_id', true), '')::uuid);
 CREATE POLICY app_isolation ON customer_provider_ids
-    USING (app_id = current_setting('customers.app_id', true)::uuid)
-    WITH CHECK (app_id = current_setting('customers.app_id', true)::uuid);
+    USING (app_id = nullif(current_setting('customers.app_id', true), '')::uuid)
+    WITH CHECK (app_id = nullif(current_setting('customers.app_id', true), '')::uuid);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::{dsl::now, prelude::*};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{
@@ -115,6 +115,14 @@ pub async fn find_key(
     id: KeyId,
 ) -> Result<Option<(KeyRecord, bool)>, Error> {
     let mut conn = connect(pool, None).await?;
+    key_with_validity(&mut conn, app, id).await
+}
+
+async fn key_with_validity(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    id: KeyId,
+) -> Result<Option<(KeyRecord, bool)>, Error> {
     Ok(api_keys::table
         .find((app.0, id.0))
         .select((
@@ -124,7 +132,7 @@ pub async fn find_key(
                 .or(api_keys::expire_time.gt(now))
                 .assume_not_null(),
         ))
-        .first(&mut conn)
+        .first(conn)
         .await
         .optional()?)
 }
@@ -157,7 +165,7 @@ pub async fn expire_key(
     match updated {
         Some(record) => Ok(record),
         // Already expiring sooner, or no such key.
-        None => find_key(pool, app, id)
+        None => key_with_validity(&mut conn, app, id)
             .await?
             .map(|(record, _)| record)
             .ok_or(Error::NotFound),

@@ -420,6 +420,22 @@ pub fn bad_fields(result: Result<impl std::fmt::Debug, Status>) -> Vec<String> {
     fields
 }
 
+/// GET /metrics over a plain TCP connection.
+pub async fn scrape(svc: &TestService) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(svc.metrics_address)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
 /// Waits until `condition` holds, failing after `timeout`.
 pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;

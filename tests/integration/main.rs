@@ -11,4 +11,5 @@ mod list;
 mod operability;
 mod operations;
 mod shutdown;
+mod tenancy;
 mod update;

@@ -9,7 +9,6 @@ use customers::{
     storage::{self, PoolOptions},
 };
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -203,21 +202,6 @@ async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
         }
     };
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-}
-
-/// GET /metrics over a plain TCP connection.
-async fn scrape(svc: &TestService) -> String {
-    let mut socket = tokio::net::TcpStream::connect(svc.metrics_address)
-        .await
-        .unwrap();
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 fn metric(text: &str, line_start: &str) -> f64 {
