@@ -13,7 +13,7 @@ use std::{
 };
 
 use customers::{
-    domain::CustomerId,
+    domain::{AppId, CustomerId},
     embedded_pg::{Cluster, ClusterOptions},
     pb::{self, customer_service_client::CustomerServiceClient},
     storage,
@@ -51,6 +51,11 @@ async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
         let url = cluster.url(&db);
         storage::migrate(&url).await?;
         seed(&url, n).await?;
+        let pool = storage::pool(&url, &storage::PoolOptions::default())?;
+        let key = customers::admin::create_key(&pool, AppId::DEFAULT)
+            .await?
+            .reveal();
+        pool.close();
 
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
@@ -69,10 +74,11 @@ async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
 
         let mut client = CustomerServiceClient::connect(endpoint).await?;
         let started = Instant::now();
-        let mut stream = client
-            .list_customers(pb::ListCustomersRequest::default())
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(pb::ListCustomersRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse()?);
+        let mut stream = client.list_customers(request).await?.into_inner();
         let mut received = 0usize;
         while stream.message().await?.is_some() {
             received += 1;

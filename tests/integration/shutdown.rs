@@ -136,10 +136,19 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
         .connect()
         .await
         .unwrap();
+    let client_channel = channel.clone();
     let mut client = client(channel, &key);
     let mut private = customer("private.person@example.com");
     private.phone = "+14155550199".into();
     let c = create_new(&mut client, private).await;
+    // A failed authentication, to find in the log (without the key).
+    let bogus = customers::auth::ApiKey::generate(AppId::DEFAULT).reveal();
+    let refused = get_by_id(
+        &mut crate::common::client(client_channel.clone(), &bogus),
+        &c.id,
+    )
+    .await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
 
     // An open stream whose client reads slowly.
     let mut stream = client
@@ -248,12 +257,21 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     let _ = std::fs::remove_file(&log_path);
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("CreateCustomer"), "calls are logged: {log}");
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(
+        log.contains(&AppId::DEFAULT.to_string()),
+        "calls are logged with their app: {log}"
+    );
     for line in log.lines().filter(|l| !l.is_empty()) {
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(
             !line.contains("private.person") && !line.contains("4155550199"),
             "personal data in the log: {line}"
+        );
+        assert!(
+            !line.contains(&bogus[10..]) && !line.contains(&key[10..]),
+            "a key in the log: {line}"
         );
     }
 }
