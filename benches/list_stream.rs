@@ -1,5 +1,6 @@
 //! Streams every customer through ListCustomers and reports the time taken
-//! and the server's peak memory, for several table sizes.
+//! and the server's peak memory, for several table sizes; then measures
+//! GetCustomer by id (32 concurrent callers) for throughput and latency.
 //!
 //! The service runs as its own process (the release binary), so that its
 //! peak resident memory (`VmHWM`) is its alone; PostgreSQL is a throwaway
@@ -41,6 +42,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
+    println!("ListCustomers, every customer:");
+    let mut gets = Vec::new();
     println!(
         "{:>9}  {:>9}  {:>12}  {:>14}  {:>14}",
         "customers", "seconds", "customers/s", "idle RSS (MiB)", "peak RSS (MiB)"
@@ -65,6 +68,8 @@ async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
                 .env("DATABASE_URL", &url)
                 .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
                 .env("RUST_LOG", "warn")
+                // Measure the service, not the per-app limit.
+                .env("CUSTOMERS_APP_RATE_LIMIT", "0")
                 .stdout(Stdio::null())
                 .spawn()?,
         );
@@ -80,8 +85,12 @@ async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
             .insert("authorization", format!("Bearer {key}").parse()?);
         let mut stream = client.list_customers(request).await?.into_inner();
         let mut received = 0usize;
-        while stream.message().await?.is_some() {
+        let mut ids = Vec::new();
+        while let Some(message) = stream.message().await? {
             received += 1;
+            if ids.len() < 10_000 {
+                ids.push(message.customer.map(|c| c.id).unwrap_or_default());
+            }
         }
         let elapsed = started.elapsed();
         anyhow::ensure!(received == n, "streamed {received} of {n}");
@@ -93,8 +102,59 @@ async fn run(cluster: &Cluster, sizes: &[usize]) -> anyhow::Result<()> {
             idle as f64 / 1024.0,
             peak as f64 / 1024.0
         );
+        gets.push((n, get_by_id(&client, &key, &ids).await?));
+    }
+    println!("\nGetCustomer by id, 32 concurrent callers, 20000 calls:");
+    println!(
+        "{:>9}  {:>9}  {:>9}  {:>9}",
+        "customers", "calls/s", "p50 ms", "p99 ms"
+    );
+    for (n, (rate, p50, p99)) in gets {
+        println!("{n:>9}  {rate:>9.0}  {p50:>9.2}  {p99:>9.2}");
     }
     Ok(())
+}
+
+/// 20,000 GetCustomer calls from 32 concurrent callers; calls/s, p50, p99.
+async fn get_by_id(
+    client: &CustomerServiceClient<tonic::transport::Channel>,
+    key: &str,
+    ids: &[String],
+) -> anyhow::Result<(f64, f64, f64)> {
+    const CALLERS: usize = 32;
+    const CALLS: usize = 20_000;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..CALLERS {
+        let mut client = client.clone();
+        let key = key.to_owned();
+        let ids = ids.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for i in (caller..CALLS).step_by(CALLERS) {
+                let mut request = tonic::Request::new(pb::GetCustomerRequest {
+                    lookup: Some(pb::get_customer_request::Lookup::Id(
+                        ids[i % ids.len()].clone(),
+                    )),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {key}").parse()?);
+                let call = Instant::now();
+                client.get_customer(request).await?;
+                latencies.push(call.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Ok((CALLS as f64 / elapsed, at(0.5), at(0.99)))
 }
 
 /// Kills the server when dropped.
