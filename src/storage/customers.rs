@@ -157,10 +157,11 @@ async fn insert_provider_ids(
     if inserted.len() == pairs.len() {
         return Ok(());
     }
-    let (provider, id) = pairs
-        .iter()
-        .find(|(p, _)| !inserted.contains(p))
-        .expect("some pair was not inserted");
+    let Some((provider, id)) = pairs.iter().find(|(p, _)| !inserted.contains(p)) else {
+        return Err(Error::Internal(
+            "provider ids: insert count mismatch".into(),
+        ));
+    };
     let holder = pids::table
         .filter(pids::app_id.eq(app.0))
         .filter(pids::provider.eq(provider))
