@@ -12,9 +12,48 @@ use uuid::Uuid;
 
 use crate::error::Error;
 
-/// The tenant a customer belongs to, shown as `app_<26 base32>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AppId(pub Uuid);
+/// Defines an id newtype over a UUID, shown and parsed as a TypeID
+/// (`<prefix>_<26 base32>`).
+macro_rules! typeid {
+    ($(#[$doc:meta])* $name:ident, $tag:ident, $prefix:literal) => {
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        struct $tag;
+
+        impl StaticType for $tag {
+            const TYPE: &'static str = $prefix;
+        }
+
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub Uuid);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                TypeSafeId::from_type_and_uuid($tag, self.0).fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = type_safe_id::Error;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let id: TypeSafeId<$tag> = s.parse()?;
+                Ok(Self(id.uuid()))
+            }
+        }
+    };
+}
+
+typeid!(
+    /// The tenant a customer belongs to (`app_...`).
+    AppId, AppTag, "app"
+);
 
 impl AppId {
     /// The app of the embedded development mode (created by the first
@@ -22,44 +61,10 @@ impl AppId {
     pub const DEFAULT: AppId = AppId(Uuid::nil());
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct AppTag;
-
-impl StaticType for AppTag {
-    const TYPE: &'static str = "app";
-}
-
-impl fmt::Display for AppId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        TypeSafeId::from_type_and_uuid(AppTag, self.0).fmt(f)
-    }
-}
-
-impl fmt::Debug for AppId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for AppId {
-    type Err = type_safe_id::Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let id: TypeSafeId<AppTag> = s.parse()?;
-        Ok(Self(id.uuid()))
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct KeyTag;
-
-impl StaticType for KeyTag {
-    const TYPE: &'static str = "key";
-}
-
-/// An API key's id (not the key itself), shown as `key_<26 base32>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub Uuid);
+typeid!(
+    /// An API key's id, not the key itself (`key_...`).
+    KeyId, KeyTag, "key"
+);
 
 impl KeyId {
     pub fn generate() -> Self {
@@ -67,37 +72,11 @@ impl KeyId {
     }
 }
 
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        TypeSafeId::from_type_and_uuid(KeyTag, self.0).fmt(f)
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for KeyId {
-    type Err = type_safe_id::Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let id: TypeSafeId<KeyTag> = s.parse()?;
-        Ok(Self(id.uuid()))
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct CustomerTag;
-
-impl StaticType for CustomerTag {
-    const TYPE: &'static str = "cus";
-}
-
-/// A customer's id: a UUIDv7, shown as a TypeID (`cus_01h2xcejqtf2nbrexx3vqjhp41`).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CustomerId(Uuid);
+typeid!(
+    /// A customer's id: a UUIDv7, shown as a TypeID
+    /// (`cus_01h2xcejqtf2nbrexx3vqjhp41`), so ids sort by creation.
+    CustomerId, CustomerTag, "cus"
+);
 
 impl CustomerId {
     /// A new id; ids created later sort after ids created earlier.
@@ -111,27 +90,6 @@ impl CustomerId {
 
     pub fn uuid(&self) -> Uuid {
         self.0
-    }
-}
-
-impl fmt::Display for CustomerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        TypeSafeId::from_type_and_uuid(CustomerTag, self.0).fmt(f)
-    }
-}
-
-impl fmt::Debug for CustomerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for CustomerId {
-    type Err = type_safe_id::Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let id: TypeSafeId<CustomerTag> = s.parse()?;
-        Ok(Self(id.uuid()))
     }
 }
 

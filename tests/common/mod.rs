@@ -328,14 +328,31 @@ pub async fn seed(database_url: &str, n: usize) {
 /// which thousands of small customers fit in, so a server stream to the
 /// default client can finish while the client reads nothing.
 pub async fn small_window_client(svc: &TestService) -> Client {
-    let channel = Channel::from_shared(format!("http://{}", svc.address))
+    client(small_window_channel(svc.address).await, &svc.key)
+}
+
+/// A connection that grants a 64 KiB HTTP/2 window (see
+/// [`small_window_client`]).
+pub async fn small_window_channel(address: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .initial_stream_window_size(65_535)
         .initial_connection_window_size(65_535)
         .connect()
         .await
-        .unwrap();
-    client(channel, &svc.key)
+        .unwrap()
+}
+
+/// Reads a stream that must end in an error: what was sent is delivered
+/// first, then the status, which is returned.
+pub async fn final_status<T>(stream: &mut tonic::Streaming<T>) -> Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended as if complete"),
+            Err(status) => return status,
+        }
+    }
 }
 
 /// A customer with just an email.

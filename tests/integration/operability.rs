@@ -194,13 +194,7 @@ async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
     stream.message().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     // What was sent before the deadline is delivered, then the status.
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended as if complete"),
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut stream).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
 

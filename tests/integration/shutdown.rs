@@ -129,13 +129,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     let mut watch = watch_health(port).await;
     until_status(&mut watch, ServingStatus::Serving).await;
 
-    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
+    let channel = small_window_channel(([127, 0, 0, 1], port).into()).await;
     let client_channel = channel.clone();
     let mut client = client(channel, &key);
     let mut private = customer("private.person@example.com");
@@ -239,13 +233,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     assert_eq!(updated.into_inner().customer.unwrap().name, "Finished");
 
     // The stream delivers what it had sent, then says it was cut.
-    let status = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the cut stream ended as if complete"),
-            Err(status) => break status,
-        }
-    };
+    let status = final_status(&mut stream).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_error(Err::<(), _>(status), Code::Unavailable, "SHUTTING_DOWN");
 
