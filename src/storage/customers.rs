@@ -162,7 +162,20 @@ async fn insert_provider_ids(
             "provider ids: insert count mismatch".into(),
         ));
     };
-    let holder = pids::table
+    Err(Error::AlreadyExists {
+        key: Key::ProviderId,
+        holder: provider_id_holder(conn, app, provider, id).await?,
+    })
+}
+
+/// The active customer holding a provider's id, if any.
+async fn provider_id_holder(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    provider: &str,
+    id: &str,
+) -> Result<Option<CustomerId>, Error> {
+    Ok(pids::table
         .filter(pids::app_id.eq(app.0))
         .filter(pids::provider.eq(provider))
         .filter(pids::provider_customer_id.eq(id))
@@ -171,11 +184,7 @@ async fn insert_provider_ids(
         .first::<Uuid>(conn)
         .await
         .optional()?
-        .map(CustomerId::from_uuid);
-    Err(Error::AlreadyExists {
-        key: Key::ProviderId,
-        holder,
-    })
+        .map(CustomerId::from_uuid))
 }
 
 /// Creates a customer, or returns the active customer that already holds the
@@ -214,23 +223,25 @@ pub async fn create(
                     return Ok(Some((created, true)));
                 }
                 // Some active customer holds the email or the external id.
-                let email_holder = load_one(conn, app, active_by_email(app, &fields.email)).await?;
                 let Some(external_id) = &fields.external_id else {
-                    return Ok(email_holder.map(|c| (c, false)));
+                    let holder = load_one(conn, app, active_by_email(app, &fields.email)).await?;
+                    return Ok(holder.map(|c| (c, false)));
                 };
+                // Keyed by external id: the email's holder matters only as an id.
                 let key_holder =
                     load_one(conn, app, active_by_external_id(app, external_id)).await?;
+                let email_holder = id_holding(conn, active_by_email(app, &fields.email)).await?;
                 match (key_holder, email_holder) {
-                    (Some(holder), Some(other)) if other.id != holder.id => {
+                    (Some(holder), Some(other)) if other != holder.id => {
                         Err(Error::AlreadyExists {
                             key: Key::Email,
-                            holder: Some(other.id),
+                            holder: Some(other),
                         })
                     }
                     (Some(holder), _) => Ok(Some((holder, false))),
                     (None, Some(other)) => Err(Error::AlreadyExists {
                         key: Key::Email,
-                        holder: Some(other.id),
+                        holder: Some(other),
                     }),
                     // The holder was archived meanwhile: try again.
                     (None, None) => Ok(None),
@@ -264,17 +275,10 @@ pub async fn get(pool: &Pool, ctx: &RequestContext, lookup: &Lookup) -> Result<C
                 Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
                 Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
                 Lookup::ProviderId { provider, id } => {
-                    let holder = pids::table
-                        .filter(pids::app_id.eq(app.0))
-                        .filter(pids::provider.eq(provider))
-                        .filter(pids::provider_customer_id.eq(id))
-                        .filter(pids::active)
-                        .select(pids::customer_id)
-                        .first::<Uuid>(conn)
-                        .await
-                        .optional()?
+                    let holder = provider_id_holder(conn, app, provider, id)
+                        .await?
                         .ok_or(Error::NotFound)?;
-                    of_app(app).filter(c::id.eq(holder))
+                    of_app(app).filter(c::id.eq(holder.uuid()))
                 }
             };
             load_one(conn, app, query).await?.ok_or(Error::NotFound)
