@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::{
     auth::ApiKey,
     config::{AdminDatabase, AppsCommand, ConfigError, KeysCommand},
-    domain::{AppId, KeyId},
+    domain::AppId,
     error::Error,
     storage::{self, Pool, PoolOptions, apps},
 };
@@ -21,12 +21,6 @@ fn admin_pool(database: &AdminDatabase) -> anyhow::Result<Pool> {
             ..PoolOptions::default()
         },
     )
-}
-
-fn parse<T: std::str::FromStr>(setting: &str, value: &str, example: &str) -> anyhow::Result<T> {
-    value.parse().map_err(|_| {
-        ConfigError(format!("{setting} {value:?} is not an id like {example:?}")).into()
-    })
 }
 
 fn not_found(what: String) -> impl FnOnce(Error) -> anyhow::Error {
@@ -66,7 +60,6 @@ pub async fn apps(command: AppsCommand) -> anyhow::Result<()> {
 pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { app, database } => {
-            let app: AppId = parse("--app", &app, "app_01h2xcejqtf2nbrexx3vqjhp41")?;
             let key = create_key(&admin_pool(&database)?, app)
                 .await
                 .map_err(not_found(format!("app {app}")))?;
@@ -77,7 +70,6 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             println!("{}", key.reveal());
         }
         KeysCommand::List { app, database } => {
-            let app: AppId = parse("--app", &app, "app_01h2xcejqtf2nbrexx3vqjhp41")?;
             for key in apps::list_keys(&admin_pool(&database)?, app).await? {
                 let expires = key
                     .expire_time
@@ -91,9 +83,11 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        KeysCommand::Revoke { app, key, database } => {
-            let app: AppId = parse("--app", &app, "app_01h2xcejqtf2nbrexx3vqjhp41")?;
-            let id: KeyId = parse("--key", &key, "key_01h2xcejqtf2nbrexx3vqjhp41")?;
+        KeysCommand::Revoke {
+            app,
+            key: id,
+            database,
+        } => {
             apps::expire_key(&admin_pool(&database)?, app, id, Duration::ZERO)
                 .await
                 .map_err(not_found(format!("key {id} of {app}")))?;
@@ -101,12 +95,10 @@ pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Rotate {
             app,
-            key,
+            key: old,
             overlap,
             database,
         } => {
-            let app: AppId = parse("--app", &app, "app_01h2xcejqtf2nbrexx3vqjhp41")?;
-            let old: KeyId = parse("--key", &key, "key_01h2xcejqtf2nbrexx3vqjhp41")?;
             let pool = admin_pool(&database)?;
             let expiring = apps::expire_key(&pool, app, old, overlap)
                 .await

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::storage::PoolOptions;
+use crate::{
+    domain::{AppId, KeyId},
+    storage::PoolOptions,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,35 +72,38 @@ pub enum KeysCommand {
     Create {
         /// The app ("app_...").
         #[arg(long)]
-        app: String,
+        app: AppId,
         #[command(flatten)]
         database: AdminDatabase,
     },
     /// List an app's keys: id, prefix, creation and expiry times.
     List {
+        /// The app ("app_...").
         #[arg(long)]
-        app: String,
+        app: AppId,
         #[command(flatten)]
         database: AdminDatabase,
     },
     /// Revoke a key now (effective within --auth-cache-ttl).
     Revoke {
+        /// The app ("app_...").
         #[arg(long)]
-        app: String,
+        app: AppId,
         /// The key's id ("key_..."), as `keys list` shows it.
         #[arg(long)]
-        key: String,
+        key: KeyId,
         #[command(flatten)]
         database: AdminDatabase,
     },
     /// Create a new key and make an old one expire after an overlap, so
     /// that clients can switch without downtime.
     Rotate {
+        /// The app ("app_...").
         #[arg(long)]
-        app: String,
+        app: AppId,
         /// The key being replaced ("key_...").
         #[arg(long)]
-        key: String,
+        key: KeyId,
         /// How long the old key keeps working.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         overlap: Duration,
