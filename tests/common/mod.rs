@@ -208,6 +208,19 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Calls give up waiting for a database connection after 1 s.
+    pub fn fail_fast() -> Self {
+        Self {
+            pool: PoolOptions {
+                acquire_timeout: Duration::from_secs(1),
+                ..PoolOptions::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
 impl TestService {
     pub async fn start() -> TestService {
         Self::start_with(Options::default()).await
@@ -341,6 +354,18 @@ pub async fn small_window_channel(address: std::net::SocketAddr) -> Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// Opens a default listing and reads its first customer: a stream left
+/// open, for tests of slow clients, limits and shutdown.
+pub async fn open_listing(client: &mut Client) -> tonic::Streaming<pb::ListCustomersResponse> {
+    let mut stream = client
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    stream
 }
 
 /// Reads a stream that must end in an error: what was sent is delivered

@@ -107,13 +107,7 @@ async fn a_cancelled_stream_stops_querying() {
     })
     .await;
     seed(&svc.database_url, 5_000).await;
-    let mut stream = svc
-        .client
-        .list_customers(pb::ListCustomersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().unwrap();
+    let stream = open_listing(&mut svc.client).await;
     assert_eq!(svc.stats.open.load(Ordering::Relaxed), 1);
     drop(stream);
     let stats = svc.stats.clone();
@@ -141,12 +135,7 @@ async fn a_slow_client_holds_the_server_back() {
     .await;
     seed(&svc.database_url, 5_000).await;
     let mut client = small_window_client(&svc).await;
-    let mut stream = client
-        .list_customers(pb::ListCustomersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().unwrap();
+    let mut stream = open_listing(&mut client).await;
     // The client reads nothing more: the server fills the channel and the
     // HTTP/2 window, then waits.
     let stats = svc.stats.clone();
@@ -306,54 +295,37 @@ async fn filters_narrow_the_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_list_requests_are_invalid() {
     let mut svc = TestService::start().await;
-    let fields = bad_fields(
-        list(
-            &mut svc.client,
+    let default = pb::ListCustomersRequest::default;
+    for (request, field) in [
+        (
             pb::ListCustomersRequest {
                 resume_after: "cus_01h2xcejqtf2nbrexx3vqjhp41".into(),
-                ..Default::default()
+                ..default()
             },
-        )
-        .await,
-    );
-    assert_eq!(fields, ["resume_after"]);
-    assert_eq!(
-        bad_fields(
-            list(
-                &mut svc.client,
-                pb::ListCustomersRequest {
-                    resume_after: "garbage".into(),
-                    ..Default::default()
-                }
-            )
-            .await
+            "resume_after",
         ),
-        ["resume_after"]
-    );
-    assert_eq!(
-        bad_fields(
-            list(
-                &mut svc.client,
-                pb::ListCustomersRequest {
-                    query: "q".repeat(201),
-                    ..Default::default()
-                }
-            )
-            .await
+        (
+            pb::ListCustomersRequest {
+                resume_after: "garbage".into(),
+                ..default()
+            },
+            "resume_after",
         ),
-        ["query"]
-    );
-    assert_eq!(
-        bad_fields(
-            list(
-                &mut svc.client,
-                pb::ListCustomersRequest {
-                    order: 9,
-                    ..Default::default()
-                }
-            )
-            .await
+        (
+            pb::ListCustomersRequest {
+                query: "q".repeat(201),
+                ..default()
+            },
+            "query",
         ),
-        ["order"]
-    );
+        (
+            pb::ListCustomersRequest {
+                order: 9,
+                ..default()
+            },
+            "order",
+        ),
+    ] {
+        assert_eq!(bad_fields(list(&mut svc.client, request).await), [field]);
+    }
 }

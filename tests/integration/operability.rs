@@ -6,7 +6,7 @@ use customers::{
     embedded_pg::{Cluster, ClusterOptions},
     pb,
     server::ServeOptions,
-    storage::{self, PoolOptions},
+    storage,
 };
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use tonic::{Code, Request};
@@ -60,17 +60,7 @@ async fn readiness_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
     let url = cluster.url("customers");
     storage::migrate(&url).await.unwrap();
 
-    let mut svc = TestService::start_on(
-        url,
-        Options {
-            pool: PoolOptions {
-                acquire_timeout: Duration::from_secs(1),
-                ..PoolOptions::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut svc = TestService::start_on(url, Options::fail_fast()).await;
     let mut health = HealthClient::new(svc.channel.clone());
     let mut watch = health
         .watch(HealthCheckRequest {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use customers::{pb, storage::PoolOptions};
+use customers::pb;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -16,13 +16,7 @@ async fn an_unreachable_database_is_unavailable_not_internal() {
     // Nothing listens on port 1.
     let mut svc = TestService::start_on(
         "postgres://postgres@127.0.0.1:1/customers".into(),
-        Options {
-            pool: PoolOptions {
-                acquire_timeout: Duration::from_secs(1),
-                ..PoolOptions::default()
-            },
-            ..Default::default()
-        },
+        Options::fail_fast(),
     )
     .await;
     let started = Instant::now();

@@ -145,12 +145,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
 
     // An open stream whose client reads slowly.
-    let mut stream = client
-        .list_customers(pb::ListCustomersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().unwrap();
+    let mut stream = open_listing(&mut client).await;
 
     // An in-flight unary call: an update waiting on a row we lock.
     let mut lock = AsyncPgConnection::establish(&url).await.unwrap();

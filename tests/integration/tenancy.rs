@@ -424,13 +424,7 @@ async fn an_app_may_only_hold_so_many_streams() {
     .await;
     seed(&svc.database_url, 500).await;
     let (_, mut b) = other_app(&svc).await;
-    let mut first = small_window_client(&svc)
-        .await
-        .list_customers(pb::ListCustomersRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    first.message().await.unwrap().unwrap();
+    let first = open_listing(&mut small_window_client(&svc).await).await;
     assert_error(
         list(&mut svc.client, Default::default()).await,
         Code::ResourceExhausted,
