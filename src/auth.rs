@@ -82,6 +82,11 @@ impl ApiKey {
         key
     }
 
+    /// Parses a key in its one canonical spelling (the one [`reveal`]
+    /// prints): any other spelling of the same key is not a key, so that
+    /// each key has one cache entry.
+    ///
+    /// [`reveal`]: ApiKey::reveal
     pub fn parse(key: &str) -> Option<Self> {
         let rest = key.strip_prefix(KEY_PREFIX)?;
         if rest.len() != 2 * ID_CHARS + 2 * SECRET_BYTES || !rest.is_ascii() {
@@ -89,15 +94,19 @@ impl ApiKey {
         }
         let (id, rest) = rest.split_at(ID_CHARS);
         let (app, hex) = rest.split_at(ID_CHARS);
+        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
         let mut secret = [0; SECRET_BYTES];
         for (i, byte) in secret.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
         }
-        Some(Self {
+        let parsed = Self {
             id: format!("key_{id}").parse().ok()?,
             app: format!("app_{app}").parse().ok()?,
             secret,
-        })
+        };
+        (parsed.reveal() == key).then_some(parsed)
     }
 
     /// What is stored of the key.
@@ -200,19 +209,21 @@ impl Authenticator {
 }
 
 /// The key a request presents: `authorization: Bearer <key>` or
-/// `x-api-key: <key>`.
+/// `x-api-key: <key>`. An `authorization` header of another scheme (a
+/// proxy's `Basic ...`) is not ours and does not hide `x-api-key`.
 fn presented_key(headers: &http::HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, key) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| key.trim().to_owned());
-    }
-    headers
-        .get("x-api-key")
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_owned())
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim().to_owned());
+    bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    })
 }
 
 /// Services whose calls need a key.
@@ -326,6 +337,23 @@ mod tests {
         headers.insert("authorization", "Bearer ck_b".parse().unwrap());
         assert_eq!(presented_key(&headers).as_deref(), Some("ck_b"));
         headers.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(presented_key(&headers).as_deref(), Some("ck_a"));
+        headers.remove("x-api-key");
         assert_eq!(presented_key(&headers), None);
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_of_a_key_parses() {
+        let key = ApiKey::generate(AppId(uuid::Uuid::now_v7()));
+        let text = key.reveal();
+        let (head, secret) = text.split_at(text.len() - 40);
+        let upper = format!("{head}{}", secret.to_uppercase());
+        assert_ne!(upper, text, "the secret has letters");
+        assert_eq!(ApiKey::parse(&upper), None);
+        // "+f" parses as a hex byte with from_str_radix.
+        let plus = format!("{head}+{}", &secret[1..]);
+        assert_eq!(ApiKey::parse(&plus), None);
+        let head_upper = format!("ck_{}{secret}", head[3..].to_uppercase());
+        assert_eq!(ApiKey::parse(&head_upper), None);
     }
 }

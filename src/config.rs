@@ -130,6 +130,29 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stream_batch_size: u32,
 
+    /// Most bytes of customers one ListCustomers stream buffers for a client
+    /// that reads slowly.
+    #[arg(long, env = "CUSTOMERS_STREAM_BUFFER_BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(4096..))]
+    pub stream_buffer_bytes: u32,
+
+    /// A ListCustomers stream whose client reads nothing for this long is
+    /// ended (UNAVAILABLE / STREAM_STALLED; resume with resume_after).
+    #[arg(long, env = "CUSTOMERS_STREAM_STALL_TIMEOUT", default_value = "60s",
+          value_parser = parse_duration)]
+    pub stream_stall_timeout: Duration,
+
+    /// How often an idle connection is probed with an HTTP/2 PING.
+    #[arg(long, env = "CUSTOMERS_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s",
+          value_parser = parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection (and its
+    /// streams) is closed: a peer that vanished frees what it held.
+    #[arg(long, env = "CUSTOMERS_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "CUSTOMERS_MAX_RECV_MESSAGE_SIZE", default_value_t = 4 << 20,
           value_parser = clap::value_parser!(u32).range(1024..))]
@@ -209,9 +232,10 @@ pub struct DatabaseConfig {
           value_parser = parse_duration)]
     pub pool_acquire_timeout: Duration,
 
-    /// Server-side limit on any one SQL statement.
+    /// Server-side limit on any one SQL statement; a client's deadline may
+    /// shorten it, never lengthen it. At most 24 days.
     #[arg(long, env = "CUSTOMERS_STATEMENT_TIMEOUT", default_value = "30s",
-          value_parser = parse_duration)]
+          value_parser = parse_statement_timeout)]
     pub statement_timeout: Duration,
 }
 
@@ -261,6 +285,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration PostgreSQL's `statement_timeout` accepts (at most `i32::MAX` ms).
+fn parse_statement_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > crate::context::MAX_STATEMENT_TIMEOUT {
+        return Err("must be at most 24 days (PostgreSQL's limit)".into());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +324,7 @@ mod tests {
             &["customers", "--pool-max-size", "0"],
             &["customers", "--tls-cert", "cert.pem"],
             &["customers", "--metrics-listen", "nowhere"],
+            &["customers", "--statement-timeout", "30days"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

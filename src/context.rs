@@ -14,20 +14,28 @@ pub struct RequestContext {
     pub app: AppId,
     /// When the caller stops waiting; the database work is bounded by it.
     pub deadline: Option<Instant>,
+    /// The server's own limit on one SQL statement (`--statement-timeout`):
+    /// a distant client deadline never lifts it.
+    pub statement_limit: Duration,
 }
 
+/// The longest `statement_timeout` PostgreSQL accepts: `i32::MAX` ms, about
+/// 24.8 days.
+pub const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
 impl RequestContext {
-    pub fn new(app: AppId) -> Self {
+    pub fn new(app: AppId, statement_limit: Duration) -> Self {
         Self {
             app,
             deadline: None,
+            statement_limit,
         }
     }
 
     /// The context of a gRPC request: the app its API key belongs to (put
     /// there by the authentication layer, never taken from a request field),
     /// and the client's `grpc-timeout`.
-    pub fn of<T>(request: &Request<T>) -> Result<Self, Error> {
+    pub fn of<T>(request: &Request<T>, statement_limit: Duration) -> Result<Self, Error> {
         let app = *request
             .extensions()
             .get::<AppId>()
@@ -39,7 +47,9 @@ impl RequestContext {
             .and_then(parse_grpc_timeout);
         Ok(Self {
             app,
-            deadline: timeout.map(|t| Instant::now() + t.saturating_sub(margin(t))),
+            // A deadline too far to represent is no deadline.
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t.saturating_sub(margin(t)))),
+            statement_limit,
         })
     }
 
@@ -47,6 +57,18 @@ impl RequestContext {
     pub fn remaining(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The `statement_timeout` of this call's next statement: the time left
+    /// before the deadline, never more than the server's own limit, and
+    /// within what PostgreSQL accepts. `None` once the deadline has passed.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        let limit = self.statement_limit.min(MAX_STATEMENT_TIMEOUT);
+        match self.remaining() {
+            Some(remaining) if remaining.is_zero() => None,
+            Some(remaining) => Some(remaining.min(limit).max(Duration::from_millis(1))),
+            None => Some(limit.max(Duration::from_millis(1))),
+        }
     }
 }
 
@@ -89,6 +111,23 @@ mod tests {
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("m"), None);
         assert_eq!(parse_grpc_timeout(""), None);
+    }
+
+    #[test]
+    fn statement_timeouts_are_capped() {
+        let app = AppId::DEFAULT;
+        let mut ctx = RequestContext::new(app, Duration::from_secs(2));
+        assert_eq!(ctx.statement_timeout(), Some(Duration::from_secs(2)));
+        // A far deadline does not lift the server's limit.
+        ctx.deadline = Some(Instant::now() + Duration::from_secs(100_000));
+        assert_eq!(ctx.statement_timeout(), Some(Duration::from_secs(2)));
+        // A near one lowers it.
+        ctx.deadline = Some(Instant::now() + Duration::from_millis(500));
+        assert!(ctx.statement_timeout().unwrap() <= Duration::from_millis(500));
+        // Neither exceeds what PostgreSQL accepts.
+        let mut ctx = RequestContext::new(app, Duration::from_secs(40 * 86_400));
+        ctx.deadline = Some(Instant::now() + Duration::from_secs(30 * 86_400));
+        assert_eq!(ctx.statement_timeout(), Some(MAX_STATEMENT_TIMEOUT));
     }
 
     #[test]

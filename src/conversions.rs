@@ -24,11 +24,23 @@ fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range of
+/// `google.protobuf.Timestamp`.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
 fn from_timestamp(field: &str, t: Timestamp) -> Result<DateTime<Utc>, Error> {
-    u32::try_from(t.nanos)
-        .ok()
+    (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS)
+        .contains(&t.seconds)
+        .then_some(())
+        .and_then(|()| u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000))
         .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                "must be a valid timestamp from 0001-01-01 to 9999-12-31 (UTC)",
+            )
+        })
 }
 
 impl From<pb::Address> for domain::Address {
@@ -145,4 +157,21 @@ impl TryFrom<pb::ListCustomersRequest> for ListFilter {
 /// An optional etag from a request.
 pub fn etag(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_outside_the_protobuf_range_are_invalid() {
+        let at = |seconds, nanos| from_timestamp("t", Timestamp { seconds, nanos });
+        assert!(at(MIN_TIMESTAMP_SECONDS, 0).is_ok());
+        assert!(at(MAX_TIMESTAMP_SECONDS, 999_999_999).is_ok());
+        assert!(at(MIN_TIMESTAMP_SECONDS - 1, 0).is_err());
+        assert!(at(MAX_TIMESTAMP_SECONDS + 1, 0).is_err());
+        assert!(at(-8_000_000_000_000, 0).is_err());
+        assert!(at(0, -1).is_err());
+        assert!(at(0, 1_000_000_000).is_err());
+    }
 }

@@ -10,7 +10,12 @@ use chrono::{DateTime, Utc};
 use type_safe_id::{StaticType, TypeSafeId};
 use uuid::Uuid;
 
-use crate::error::Error;
+use crate::error::{Error, MAX_DESCRIPTION_BYTES, MAX_FIELD_BYTES, MAX_VIOLATIONS, truncate};
+
+/// A caller's value quoted in an error message, cut to a readable length.
+pub fn echo(value: &str) -> String {
+    format!("{:?}", truncate(value, 48))
+}
 
 /// Defines an id newtype over a UUID, shown and parsed as a TypeID
 /// (`<prefix>_<26 base32>`).
@@ -278,11 +283,14 @@ pub struct FieldViolation {
     pub description: String,
 }
 
-/// Collects violations under a path prefix (`customer.` and so on).
+/// Collects violations under a path prefix (`customer.` and so on). Keeps
+/// the first [`MAX_VIOLATIONS`], each cut to a bounded length, and counts the
+/// rest: an error never grows with the request.
 #[derive(Debug, Default)]
 pub struct Violations {
     prefix: String,
     list: Vec<FieldViolation>,
+    omitted: usize,
 }
 
 impl Violations {
@@ -290,13 +298,18 @@ impl Violations {
         Self {
             prefix: prefix.to_owned(),
             list: Vec::new(),
+            omitted: 0,
         }
     }
 
     pub fn add(&mut self, field: impl fmt::Display, description: impl Into<String>) {
+        if self.list.len() >= MAX_VIOLATIONS {
+            self.omitted += 1;
+            return;
+        }
         self.list.push(FieldViolation {
-            field: format!("{}{field}", self.prefix),
-            description: description.into(),
+            field: truncate(&format!("{}{field}", self.prefix), MAX_FIELD_BYTES),
+            description: truncate(&description.into(), MAX_DESCRIPTION_BYTES),
         });
     }
 
@@ -309,7 +322,10 @@ impl Violations {
         if self.list.is_empty() {
             Ok(value)
         } else {
-            Err(Error::InvalidArgument(self.list))
+            Err(Error::InvalidArgument {
+                violations: self.list,
+                omitted: self.omitted,
+            })
         }
     }
 
@@ -337,6 +353,9 @@ pub const MAX_PROVIDERS: usize = 20;
 pub const MAX_PROVIDER_CHARS: usize = 40;
 pub const MAX_PROVIDER_ID_CHARS: usize = 255;
 pub const MAX_QUERY_CHARS: usize = 200;
+/// Most paths in an update mask: every field, address part, metadata key
+/// and provider fits with room to spare.
+pub const MAX_MASK_PATHS: usize = 100;
 
 impl CustomerFields {
     /// Normalises and validates every field. Violations are reported with
@@ -425,7 +444,7 @@ fn check_email(email: &str) -> Result<(), String> {
     match email_address::EmailAddress::parse_with_options(email, options) {
         // The parser also accepts "Name <a@b.c>"; only a bare address will do.
         Ok(parsed) if parsed.email() == email => Ok(()),
-        _ => Err(format!("{email:?} is not a valid email address")),
+        _ => Err(format!("{} is not a valid email address", echo(email))),
     }
 }
 
@@ -451,7 +470,7 @@ fn normalize_phone(phone: &str, region: Option<&str>) -> Result<String, String> 
         Ok(number) if phonenumber::is_valid(&number) => {
             Ok(number.format().mode(phonenumber::Mode::E164).to_string())
         }
-        _ => Err(format!("{phone:?} is not a valid phone number")),
+        _ => Err(format!("{} is not a valid phone number", echo(phone))),
     }
 }
 
@@ -466,7 +485,7 @@ fn check_metadata(v: &mut Violations, field: &str, metadata: &BTreeMap<String, S
         );
     }
     for (key, value) in metadata {
-        let path = format!("{field}[{key:?}]");
+        let path = format!("{field}[{}]", echo(key));
         if key.is_empty() {
             v.add(&path, "keys must not be empty");
         }
@@ -494,7 +513,7 @@ fn check_provider_ids(v: &mut Violations, provider_ids: &BTreeMap<String, String
         );
     }
     for (provider, id) in provider_ids {
-        let path = format!("provider_ids[{provider:?}]");
+        let path = format!("provider_ids[{}]", echo(provider));
         let name_ok = !provider.is_empty()
             && provider.len() <= MAX_PROVIDER_CHARS
             && provider
@@ -595,6 +614,15 @@ impl Patch {
     /// fields that are set in `values` (maps merged key by key).
     pub fn new(mask: Option<&[String]>, values: CustomerFields) -> Result<Patch, Error> {
         let paths = match mask {
+            Some(mask) if mask.len() > MAX_MASK_PATHS => {
+                return Err(Error::invalid(
+                    "update_mask",
+                    format!(
+                        "must have at most {MAX_MASK_PATHS} paths (got {})",
+                        mask.len()
+                    ),
+                ));
+            }
             Some(mask) if !mask.is_empty() => {
                 let mut v = Violations::new("");
                 let mut paths = Vec::new();
@@ -603,7 +631,7 @@ impl Patch {
                         Some(parsed) => paths.extend(parsed),
                         None => v.add(
                             "update_mask",
-                            format!("unknown or read-only field path {path:?}"),
+                            format!("unknown or read-only field path {}", echo(path)),
                         ),
                     }
                 }
@@ -747,7 +775,10 @@ pub fn parse_id(field: &str, value: &str) -> Result<CustomerId, Error> {
         Err(_) => {
             v.add(
                 field,
-                format!("{value:?} is not a customer id (\"cus_\" and 26 base32 characters)"),
+                format!(
+                    "{} is not a customer id (\"cus_\" and 26 base32 characters)",
+                    echo(value)
+                ),
             );
             v.into_result(CustomerId::generate())
         }
@@ -767,7 +798,9 @@ mod tests {
 
     fn violations(fields: CustomerFields) -> Vec<String> {
         match fields.validate("customer.") {
-            Err(Error::InvalidArgument(list)) => list.into_iter().map(|v| v.field).collect(),
+            Err(Error::InvalidArgument { violations, .. }) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
             other => panic!("expected violations, got {other:?}"),
         }
     }
@@ -933,7 +966,35 @@ mod tests {
             .map(String::from)
             .into();
         match Patch::new(Some(&mask), CustomerFields::default()) {
-            Err(Error::InvalidArgument(list)) => assert_eq!(list.len(), 4),
+            Err(Error::InvalidArgument { violations, .. }) => assert_eq!(violations.len(), 4),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn violations_are_capped_and_counted() {
+        let mask: Vec<String> = (0..MAX_MASK_PATHS + 1).map(|i| format!("x{i}")).collect();
+        match Patch::new(Some(&mask), CustomerFields::default()) {
+            Err(Error::InvalidArgument { violations, .. }) => {
+                assert_eq!(violations.len(), 1);
+                assert_eq!(violations[0].field, "update_mask");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mask: Vec<String> = (0..MAX_MASK_PATHS).map(|i| "y".repeat(1000 + i)).collect();
+        match Patch::new(Some(&mask), CustomerFields::default()) {
+            Err(Error::InvalidArgument {
+                violations,
+                omitted,
+            }) => {
+                assert_eq!(violations.len(), MAX_VIOLATIONS);
+                assert_eq!(omitted, MAX_MASK_PATHS - MAX_VIOLATIONS);
+                assert!(
+                    violations
+                        .iter()
+                        .all(|v| v.description.chars().count() < 100)
+                );
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -10,7 +10,10 @@ use std::{
     fs,
     io::{self, Write},
     net::{Ipv4Addr, TcpListener},
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::{
+        fs::{OpenOptionsExt, PermissionsExt},
+        process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -84,13 +87,7 @@ impl Cluster {
             Some(port) => port,
             None => free_port()?,
         };
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(root.join("postgres.log"))?;
-        if let Some(user) = &run_as {
-            chown(&root.join("postgres.log"), Some(user.uid), Some(user.gid))?;
-        }
+        let log = open_log(&root.join("postgres.log"), run_as.as_ref())?;
 
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
@@ -343,15 +340,50 @@ fn check_traversable(dir: &Path, user: &User) -> Result<()> {
     Ok(())
 }
 
+/// Writes a secret to a new file that only its owner can read, from the
+/// moment it exists. An existing file is replaced, and a symlink in its place
+/// is refused (never followed).
 fn write_private(path: &Path, contents: &str) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            bail!(
+                "{} is a symbolic link; refusing to follow it",
+                path.display()
+            )
+        }
+        Ok(_) => fs::remove_file(path)?,
+        Err(_) => {}
+    }
     let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
+}
+
+/// Opens the server's log for appending without following a symlink, and
+/// gives it to `run_as` through the open file (no path to race on).
+fn open_log(path: &Path, run_as: Option<&User>) -> Result<fs::File> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "opening {} (a symbolic link there is refused)",
+                path.display()
+            )
+        })?;
+    if let Some(user) = run_as {
+        nix::unistd::fchown(&log, Some(user.uid), Some(user.gid))?;
+    }
+    Ok(log)
 }
 
 fn random_password() -> String {
@@ -373,4 +405,46 @@ fn free_port() -> Result<u16> {
 /// dead test runs).
 pub fn process_alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("customers-pg-unit-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn secrets_are_private_from_the_start_and_symlinks_refused() {
+        let dir = scratch();
+        let secret = dir.join("secret");
+        write_private(&secret, "one").unwrap();
+        write_private(&secret, "two").unwrap();
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "two");
+        let mode = fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let target = dir.join("target");
+        fs::write(&target, "untouched").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(write_private(&link, "x").is_err());
+        assert!(open_log(&link, None).is_err());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_server_log_is_opened_for_appending() {
+        let dir = scratch();
+        let path = dir.join("postgres.log");
+        fs::write(&path, "old\n").unwrap();
+        let mut log = open_log(&path, None).unwrap();
+        log.write_all(b"new\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old\nnew\n");
+        fs::remove_dir_all(dir).unwrap();
+    }
 }

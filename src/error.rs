@@ -23,7 +23,12 @@ pub enum Key {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the request has invalid fields")]
-    InvalidArgument(Vec<FieldViolation>),
+    InvalidArgument {
+        /// The first [`MAX_VIOLATIONS`] violations found.
+        violations: Vec<FieldViolation>,
+        /// How many more were found but are not listed.
+        omitted: usize,
+    },
     #[error("customer not found")]
     NotFound,
     #[error("{} is already held by another active customer", key_name(*.key))]
@@ -50,7 +55,16 @@ pub enum Error {
     DeadlineExceeded,
     #[error("the server is shutting down; retry (streams: resume after the last id received)")]
     ShuttingDown,
-    #[error("the database is unavailable: {0}")]
+    #[error(
+        "the client read nothing for too long; the stream was ended (resume after the last id received)"
+    )]
+    StreamStalled,
+    /// The caller went away; nobody reads this.
+    #[error("the call was cancelled")]
+    Cancelled,
+    /// The cause is logged, never sent: driver text can name users, hosts
+    /// and databases.
+    #[error("the database is unavailable; retry later")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -78,7 +92,7 @@ impl Error {
     /// The stable, machine-readable `ErrorInfo.reason`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::InvalidArgument(_) => "INVALID_FIELDS",
+            Error::InvalidArgument { .. } => "INVALID_FIELDS",
             Error::NotFound => "CUSTOMER_NOT_FOUND",
             Error::AlreadyExists { key, .. } => match key {
                 Key::Email => "EMAIL_TAKEN",
@@ -94,6 +108,8 @@ impl Error {
             Error::TooManyStreams => "TOO_MANY_STREAMS",
             Error::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::StreamStalled => "STREAM_STALLED",
+            Error::Cancelled => "CANCELLED",
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -101,7 +117,7 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::EtagMismatch | Error::Contention => Code::Aborted,
@@ -109,18 +125,46 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::RateLimited | Error::TooManyStreams => Code::ResourceExhausted,
             Error::DeadlineExceeded => Code::DeadlineExceeded,
-            Error::ShuttingDown | Error::Unavailable(_) => Code::Unavailable,
+            Error::ShuttingDown | Error::StreamStalled | Error::Unavailable(_) => Code::Unavailable,
+            Error::Cancelled => Code::Cancelled,
             Error::Internal(_) => Code::Internal,
         }
     }
 
     /// A single invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Error {
-        Error::InvalidArgument(vec![FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }])
+        Error::InvalidArgument {
+            violations: vec![FieldViolation {
+                field: truncate(&field.into(), MAX_FIELD_BYTES),
+                description: truncate(&description.into(), MAX_DESCRIPTION_BYTES),
+            }],
+            omitted: 0,
+        }
     }
+}
+
+/// Most violations one error lists. With the limits below, an error's
+/// trailers stay under about 4 KiB, well within the 8 KiB that common
+/// clients accept, whatever the request held.
+pub const MAX_VIOLATIONS: usize = 10;
+/// Longest field path in a violation, in bytes.
+pub const MAX_FIELD_BYTES: usize = 80;
+/// Longest violation description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 160;
+/// Longest status message, in bytes.
+const MAX_MESSAGE_BYTES: usize = 400;
+
+/// `s` cut to at most `max` bytes (at a character boundary), ending in "…"
+/// when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 impl From<Error> for Status {
@@ -134,11 +178,17 @@ impl From<Error> for Status {
             metadata.insert("customer_id".to_owned(), holder.to_string());
         }
         let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
-        if let Error::InvalidArgument(violations) = &error {
+        if let Error::InvalidArgument { violations, .. } = &error {
             details.set_bad_request(
                 violations
                     .iter()
-                    .map(|v| tonic_types::FieldViolation::new(&v.field, &v.description))
+                    .take(MAX_VIOLATIONS)
+                    .map(|v| {
+                        tonic_types::FieldViolation::new(
+                            truncate(&v.field, MAX_FIELD_BYTES),
+                            truncate(&v.description, MAX_DESCRIPTION_BYTES),
+                        )
+                    })
                     .collect::<Vec<_>>(),
             );
         }
@@ -148,9 +198,28 @@ impl From<Error> for Status {
                 tracing::error!(error = %detail, "internal error");
                 "internal error".to_owned()
             }
-            Error::InvalidArgument(violations) => {
-                let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-                format!("invalid fields: {}", fields.join(", "))
+            Error::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                error.to_string()
+            }
+            Error::InvalidArgument {
+                violations,
+                omitted,
+            } => {
+                let listed = violations.len().min(MAX_VIOLATIONS);
+                let fields: Vec<String> = violations[..listed]
+                    .iter()
+                    .map(|v| truncate(&v.field, MAX_FIELD_BYTES))
+                    .collect();
+                let more = omitted + (violations.len() - listed);
+                let mut message = truncate(
+                    &format!("invalid fields: {}", fields.join(", ")),
+                    MAX_MESSAGE_BYTES,
+                );
+                if more > 0 {
+                    message.push_str(&format!(" (and {more} more)"));
+                }
+                message
             }
             other => other.to_string(),
         };
@@ -164,16 +233,19 @@ mod tests {
 
     #[test]
     fn statuses_carry_reason_and_violations() {
-        let status = Status::from(Error::InvalidArgument(vec![
-            FieldViolation {
-                field: "customer.email".into(),
-                description: "is required".into(),
-            },
-            FieldViolation {
-                field: "customer.phone".into(),
-                description: "bad".into(),
-            },
-        ]));
+        let status = Status::from(Error::InvalidArgument {
+            violations: vec![
+                FieldViolation {
+                    field: "customer.email".into(),
+                    description: "is required".into(),
+                },
+                FieldViolation {
+                    field: "customer.phone".into(),
+                    description: "bad".into(),
+                },
+            ],
+            omitted: 0,
+        });
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "INVALID_FIELDS");
@@ -191,5 +263,47 @@ mod tests {
 
         let status = Status::from(Error::Internal("secret detail".into()));
         assert!(!status.message().contains("secret"));
+        let status = Status::from(Error::Unavailable(
+            "password authentication failed for user \"postgres\"".into(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("postgres"), "{status:?}");
+    }
+
+    #[test]
+    fn huge_violations_make_small_trailers() {
+        let long = "é".repeat(10_000);
+        let status = Status::from(Error::InvalidArgument {
+            violations: (0..50)
+                .map(|_| FieldViolation {
+                    field: long.clone(),
+                    description: long.clone(),
+                })
+                .collect(),
+            omitted: 1000,
+        });
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().unwrap().field_violations.len(),
+            MAX_VIOLATIONS
+        );
+        assert!(
+            status.message().ends_with("(and 1040 more)"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().len() <= 500);
+        // Base64 in the trailer: 4/3 of the details.
+        assert!(status.details().len() * 4 / 3 + status.message().len() * 3 < 6 * 1024);
+    }
+
+    #[test]
+    fn truncation_keeps_short_strings_and_cuts_long_ones() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcdefgh", 7), "abcd…");
+        assert_eq!(truncate("ééééé", 8), "éé…");
+        assert_eq!(truncate("ééééé", 7), "éé…");
+        assert_eq!(truncate("", 2), "");
+        assert!(truncate(&"x".repeat(1000), 50).len() <= 50);
     }
 }

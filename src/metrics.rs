@@ -39,8 +39,43 @@ use crate::{service::StreamStats, storage::Pool};
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     grpc_type: &'static str,
-    grpc_service: String,
-    grpc_method: String,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+}
+
+/// Every method this server serves. Labels come only from here: any other
+/// path (which any caller, authenticated or not, can send) is `unknown`, so
+/// the metrics cannot be made to grow without bound.
+const KNOWN_METHODS: &[(&str, &str)] = &[
+    ("customers.v1.CustomerService", "CreateCustomer"),
+    ("customers.v1.CustomerService", "GetCustomer"),
+    ("customers.v1.CustomerService", "UpdateCustomer"),
+    ("customers.v1.CustomerService", "ListCustomers"),
+    ("customers.v1.CustomerService", "ArchiveCustomer"),
+    ("customers.v1.CustomerService", "DeleteCustomer"),
+    ("grpc.health.v1.Health", "Check"),
+    ("grpc.health.v1.Health", "Watch"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+];
+
+/// The `(service, method)` labels of a request path ("/package.Service/Method").
+fn method_of(path: &str) -> (&'static str, &'static str) {
+    path.strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .and_then(|(service, method)| {
+            KNOWN_METHODS
+                .iter()
+                .find(|(s, m)| *s == service && *m == method)
+        })
+        .copied()
+        .unwrap_or(("unknown", "unknown"))
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,8 +86,8 @@ struct ReasonLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandledLabels {
     grpc_type: &'static str,
-    grpc_service: String,
-    grpc_method: String,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
     grpc_code: &'static str,
 }
 
@@ -216,8 +251,8 @@ impl Call {
             .handled
             .get_or_create(&HandledLabels {
                 grpc_type: self.labels.grpc_type,
-                grpc_service: self.labels.grpc_service.clone(),
-                grpc_method: self.labels.grpc_method.clone(),
+                grpc_service: self.labels.grpc_service,
+                grpc_method: self.labels.grpc_method,
                 grpc_code: code_name(code),
             })
             .inc();
@@ -243,16 +278,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        // Paths are "/package.Service/Method".
-        let path = request.uri().path();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("unknown", "unknown"));
+        let (service, method) = method_of(request.uri().path());
         let labels = MethodLabels {
             grpc_type: grpc_type(method),
-            grpc_service: service.to_owned(),
-            grpc_method: method.to_owned(),
+            grpc_service: service,
+            grpc_method: method,
         };
         let span = tracing::info_span!(
             "grpc",
@@ -382,6 +412,11 @@ impl Collector for StateCollector {
                 "ListCustomers streams being served",
                 self.streams.open.load(Relaxed) as i64,
             ),
+            (
+                "customers_stream_buffered_bytes",
+                "Bytes of customers waiting in ListCustomers buffers for their clients",
+                self.streams.buffered_bytes.load(Relaxed) as i64,
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
@@ -391,14 +426,14 @@ impl Collector for StateCollector {
         let sent = ConstCounter::new(self.streams.messages.load(Relaxed));
         let mut metric = encoder.encode_descriptor(
             "grpc_server_msg_sent",
-            "Stream messages sent by the server",
+            "Stream messages handed to the transport (not those still buffered)",
             None,
             sent.metric_type(),
         )?;
         sent.encode(metric.encode_family(&MethodLabels {
             grpc_type: "server_stream",
-            grpc_service: "customers.v1.CustomerService".into(),
-            grpc_method: "ListCustomers".into(),
+            grpc_service: "customers.v1.CustomerService",
+            grpc_method: "ListCustomers",
         })?)?;
 
         let batches = ConstCounter::new(self.streams.batches.load(Relaxed));
@@ -441,5 +476,28 @@ pub async fn serve(listener: TcpListener, registry: Registry, shutdown: Cancella
         .await
     {
         tracing::error!(error = %e, "metrics endpoint failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_of;
+
+    #[test]
+    fn only_known_methods_get_their_own_labels() {
+        assert_eq!(
+            method_of("/customers.v1.CustomerService/GetCustomer"),
+            ("customers.v1.CustomerService", "GetCustomer")
+        );
+        assert_eq!(method_of("/grpc.health.v1.Health/Check").1, "Check");
+        for path in [
+            "/customers.v1.CustomerService/Nope",
+            "/evil.Service/GetCustomer",
+            "/",
+            "",
+            "no-slash",
+        ] {
+            assert_eq!(method_of(path), ("unknown", "unknown"), "{path}");
+        }
     }
 }

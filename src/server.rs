@@ -4,7 +4,7 @@
 use std::{num::NonZeroU32, path::Path, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, ServerTlsConfig};
@@ -40,6 +40,10 @@ pub struct ServeOptions {
     pub tls: Option<Identity>,
     pub metrics: Metrics,
     pub auth: AuthOptions,
+    /// HTTP/2 PING period on every connection, and how long a PING may go
+    /// unanswered before the connection is closed.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -52,6 +56,8 @@ impl Default for ServeOptions {
             tls: None,
             metrics: Metrics::default(),
             auth: AuthOptions::default(),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -84,6 +90,8 @@ impl ServeOptions {
                 rate_per_second: NonZeroU32::new(config.app_rate_limit),
                 rate_burst: NonZeroU32::new(config.app_rate_burst).unwrap_or(NonZeroU32::MIN),
             },
+            keepalive_interval: config.http2_keepalive_interval,
+            keepalive_timeout: config.http2_keepalive_timeout,
         })
     }
 }
@@ -133,7 +141,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         StreamOptions {
             batch_size: config.stream_batch_size as usize,
             max_per_app: NonZeroU32::new(config.app_max_streams),
+            buffer_bytes: config.stream_buffer_bytes as usize,
+            stall_timeout: config.stream_stall_timeout,
         },
+        config.database.statement_timeout,
         shutdown.clone(),
     );
     if let Some(listener) = metrics_listener {
@@ -229,7 +240,9 @@ pub async fn serve(
         .max_decoding_message_size(options.max_recv_message_size)
         .max_encoding_message_size(options.max_send_message_size);
 
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(options.keepalive_interval))
+        .http2_keepalive_timeout(Some(options.keepalive_timeout));
     if let Some(identity) = options.tls {
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
@@ -243,7 +256,7 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(customers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        .serve_with_incoming_shutdown(incoming(listener, options.keepalive_interval), drain);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return Ok(result?),
@@ -260,9 +273,34 @@ pub async fn serve(
     Ok(())
 }
 
+/// Accepted connections, with TCP keepalive (a peer whose host vanished is
+/// noticed even by the kernel) and no Nagle delay.
+fn incoming(
+    listener: TcpListener,
+    keepalive: Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    TcpListenerStream::new(listener).map(move |accepted| {
+        let stream = accepted?;
+        let socket = socket2::SockRef::from(&stream);
+        socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(keepalive)
+                .with_interval(keepalive),
+        )?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 /// Keeps the readiness of `customers.v1.CustomerService` in step with the
 /// database: SERVING while it answers, NOT_SERVING from the first failed
 /// ping. Stops at shutdown.
+///
+/// The ping has a connection of its own, outside the pool (opened the way
+/// the pool opens its connections): a pool busy with slow calls is not a
+/// database that does not answer, and must not pull the replica out of its
+/// Service.
 async fn check_readiness(
     pool: Pool,
     health: HealthReporter,
@@ -270,11 +308,18 @@ async fn check_readiness(
     shutdown: CancellationToken,
 ) {
     let mut serving = None;
+    let mut conn = None;
     loop {
         let ping = tokio::select! {
-            ping = storage::ping(&pool, Instant::now() + interval) => ping,
+            ping = tokio::time::timeout(interval, storage::ping(&pool, &mut conn)) => {
+                ping.unwrap_or_else(|_| Err(crate::error::Error::Unavailable("ping timed out".into())))
+            }
             _ = shutdown.cancelled() => return,
         };
+        if ping.is_err() {
+            // Reconnect next time.
+            conn = None;
+        }
         let ok = ping.is_ok();
         if serving != Some(ok) {
             if ok {

@@ -12,10 +12,15 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use futures_util::Stream;
-use tokio::{sync::mpsc, time::Instant};
+use prost::Message;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -34,10 +39,19 @@ use crate::{
 /// How ListCustomers reads.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
-    /// Rows per keyset query; also the depth of the channel to the client.
+    /// Most rows per keyset query; also the depth of the channel to the
+    /// client.
     pub batch_size: usize,
     /// Streams one app may have open at once in this process.
     pub max_per_app: Option<NonZeroU32>,
+    /// Most bytes of encoded customers one stream holds for its client. A
+    /// batch asks for no more rows than fit, at the size of the last batch's
+    /// rows, so a stream that is not read holds about twice this at most.
+    pub buffer_bytes: usize,
+    /// A stream whose client takes nothing from its full buffer for this
+    /// long is ended (UNAVAILABLE / STREAM_STALLED, resumable), freeing its
+    /// slot of the app's stream limit.
+    pub stall_timeout: Duration,
 }
 
 impl Default for StreamOptions {
@@ -45,9 +59,14 @@ impl Default for StreamOptions {
         Self {
             batch_size: 500,
             max_per_app: NonZeroU32::new(16),
+            buffer_bytes: 1 << 20,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// Rows of a stream's first batch, before the size of its rows is known.
+const FIRST_BATCH_ROWS: usize = 32;
 
 /// Counters of ListCustomers streams in this process.
 #[derive(Debug, Default)]
@@ -56,8 +75,11 @@ pub struct StreamStats {
     pub open: AtomicU64,
     /// Keyset batches read, over all streams.
     pub batches: AtomicU64,
-    /// Customers sent, over all streams.
+    /// Customers handed to the transport, over all streams (not those still
+    /// buffered).
     pub messages: AtomicU64,
+    /// Bytes of encoded customers waiting in stream buffers.
+    pub buffered_bytes: AtomicU64,
 }
 
 /// Open streams per app, to hold each app to its limit.
@@ -107,6 +129,8 @@ impl Drop for OpenStream {
 pub struct CustomerApi {
     pool: Pool,
     stream: StreamOptions,
+    /// `--statement-timeout`: the most any statement may take.
+    statement_limit: Duration,
     /// Cancelled when the server shuts down: open streams end.
     shutdown: CancellationToken,
     stats: Arc<StreamStats>,
@@ -114,10 +138,16 @@ pub struct CustomerApi {
 }
 
 impl CustomerApi {
-    pub fn new(pool: Pool, stream: StreamOptions, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        pool: Pool,
+        stream: StreamOptions,
+        statement_limit: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             pool,
             stream,
+            statement_limit,
             shutdown,
             stats: Arc::default(),
             per_app: Arc::default(),
@@ -135,6 +165,10 @@ impl CustomerApi {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+
+    fn context<T>(&self, request: &Request<T>) -> Result<RequestContext, Error> {
+        RequestContext::of(request, self.statement_limit)
+    }
 }
 
 /// Runs a write in its own task, so that a client that goes away cannot
@@ -149,6 +183,20 @@ async fn to_completion<T: Send + 'static>(
     }
 }
 
+/// Runs a read in its own task. If the caller goes away (this future is
+/// dropped), the read's token fires: the task cancels the query in
+/// PostgreSQL and waits for it to stop before its connection goes back to
+/// the pool (see [`crate::storage::cancellable`]).
+async fn read_to_end<T, Fut>(read: impl FnOnce(CancellationToken) -> Fut) -> Result<T, Status>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let _cancel_on_drop = cancel.clone().drop_guard();
+    to_completion(read(cancel)).await
+}
+
 fn required<T>(field: &str, value: Option<T>) -> Result<T, Status> {
     value.ok_or_else(|| Error::invalid(field, "is required").into())
 }
@@ -159,7 +207,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request)?;
+        let ctx = self.context(&request)?;
         let customer = required("customer", request.into_inner().customer)?;
         let fields = CustomerFields::from(customer).validate("customer.")?;
         let pool = self.pool.clone();
@@ -176,7 +224,7 @@ impl CustomerService for CustomerApi {
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
         use pb::get_customer_request::Lookup as By;
-        let ctx = RequestContext::of(&request)?;
+        let ctx = self.context(&request)?;
         let lookup = match request.into_inner().lookup {
             Some(By::Id(id)) => Lookup::Id(domain::parse_id("id", &id)?),
             Some(By::ExternalId(id)) if !id.is_empty() => Lookup::ExternalId(id),
@@ -200,7 +248,10 @@ impl CustomerService for CustomerApi {
                 );
             }
         };
-        let customer = store::get(&self.pool, &ctx, &lookup).await?;
+        let pool = self.pool.clone();
+        let customer =
+            read_to_end(async move |cancel| store::get(&pool, &ctx, &lookup, &cancel).await)
+                .await?;
         Ok(Response::new(pb::GetCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -210,7 +261,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request)?;
+        let ctx = self.context(&request)?;
         let request = request.into_inner();
         let customer = required("customer", request.customer)?;
         let id = domain::parse_id("customer.id", &customer.id)?;
@@ -241,26 +292,45 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<Self::ListCustomersStream>, Status> {
-        let ctx = RequestContext::of(&request)?;
+        let ctx = self.context(&request)?;
         let filter = ListFilter::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
         let start = match filter.resume_after {
-            Some(id) => match store::position_of(&self.pool, &ctx, id).await {
+            Some(id) => match read_to_end(async move |cancel| {
+                store::position_of(&pool, &ctx, id, &cancel).await
+            })
+            .await
+            {
                 Ok(position) => Some(position),
-                Err(Error::NotFound) => {
+                Err(status) if status.code() == tonic::Code::NotFound => {
                     return Err(
                         Error::invalid("resume_after", "names no customer of this app").into(),
                     );
                 }
-                Err(e) => return Err(e.into()),
+                Err(status) => return Err(status),
             },
             None => None,
         };
         let open = OpenStream::open(self, ctx.app)?;
-        let (tx, rx) = mpsc::channel(self.stream.batch_size);
-        tokio::spawn(stream_customers(self.clone(), ctx, filter, start, tx, open));
+        let (tx, rx) = mpsc::channel(self.stream.batch_size.max(1));
+        let stalled = CancellationToken::new();
+        tokio::spawn(stream_customers(
+            self.clone(),
+            ctx,
+            filter,
+            start,
+            StreamSender {
+                tx,
+                stalled: stalled.clone(),
+                budget: Arc::new(Semaphore::new(self.stream.buffer_bytes.max(1))),
+                budget_bytes: self.stream.buffer_bytes.max(1),
+            },
+            open,
+        ));
         Ok(Response::new(CustomerStream {
             rx,
-            stop: Box::pin(stream_stop(self.shutdown.clone(), ctx.deadline)),
+            stop: Box::pin(stream_stop(self.shutdown.clone(), ctx.deadline, stalled)),
+            stats: self.stats.clone(),
             done: false,
         }))
     }
@@ -269,7 +339,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ArchiveCustomerRequest>,
     ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request)?;
+        let ctx = self.context(&request)?;
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let pool = self.pool.clone();
@@ -286,7 +356,7 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
-        let ctx = RequestContext::of(&request)?;
+        let ctx = self.context(&request)?;
         let request = request.into_inner();
         let id = domain::parse_id("id", &request.id)?;
         let pool = self.pool.clone();
@@ -301,21 +371,113 @@ impl CustomerService for CustomerApi {
 }
 
 type StreamItem = Result<pb::ListCustomersResponse, Status>;
-type StreamSender = mpsc::Sender<StreamItem>;
+
+/// A message waiting in a stream's buffer. It holds its bytes of the
+/// stream's budget until the client side takes it (or drops it).
+struct Queued {
+    item: Option<StreamItem>,
+    _permit: Option<OwnedSemaphorePermit>,
+    bytes: u64,
+    stats: Arc<StreamStats>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.stats
+            .buffered_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Why a stream's reader stopped sending.
+enum Stopped {
+    /// The client side is gone (the client went away, or the stream was cut
+    /// by shutdown or deadline).
+    Gone,
+    /// The client took nothing for `stall_timeout`.
+    Stalled,
+}
+
+/// The reader's side of a stream: a channel bounded in messages and, through
+/// `budget`, in bytes.
+struct StreamSender {
+    tx: mpsc::Sender<Queued>,
+    stalled: CancellationToken,
+    budget: Arc<Semaphore>,
+    /// The budget's size.
+    budget_bytes: usize,
+}
+
+impl StreamSender {
+    /// Queues a message once its bytes fit in the budget (a message larger
+    /// than the whole budget waits for an empty buffer).
+    async fn send(
+        &self,
+        message: pb::ListCustomersResponse,
+        stats: &Arc<StreamStats>,
+        stall_timeout: Duration,
+    ) -> Result<(), Stopped> {
+        let bytes = message.encoded_len();
+        let permits = bytes.clamp(1, self.budget_bytes).min(u32::MAX as usize) as u32;
+        let queue = async {
+            let permit = self
+                .budget
+                .clone()
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| Stopped::Gone)?;
+            let slot = self.tx.reserve().await.map_err(|_| Stopped::Gone)?;
+            Ok::<_, Stopped>((slot, permit))
+        };
+        let (slot, permit) = match tokio::time::timeout(stall_timeout, queue).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Stopped::Stalled),
+        };
+        stats
+            .buffered_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        slot.send(Queued {
+            item: Some(Ok(message)),
+            _permit: Some(permit),
+            bytes: bytes as u64,
+            stats: stats.clone(),
+        });
+        Ok(())
+    }
+
+    /// Ends the stream with `error`, unless the client side is gone.
+    async fn fail(&self, error: Error, stats: &Arc<StreamStats>) {
+        let _ = self
+            .tx
+            .send(Queued {
+                item: Some(Err(error.into())),
+                _permit: None,
+                bytes: 0,
+                stats: stats.clone(),
+            })
+            .await;
+    }
+}
 
 /// The response side of ListCustomers: what the reader task sends, until the
-/// server shuts down or the deadline passes. Then it ends at once with that
-/// error (UNAVAILABLE / SHUTTING_DOWN, or DEADLINE_EXCEEDED), so that the
+/// server shuts down, the deadline passes or the reader gives up on a client
+/// that stopped reading. Then it ends at once with that error (UNAVAILABLE /
+/// SHUTTING_DOWN or STREAM_STALLED, or DEADLINE_EXCEEDED), so that the
 /// client knows the listing is cut and can resume; merely closing the
 /// channel would end the call with OK and make a cut listing look complete.
 pub struct CustomerStream {
-    rx: mpsc::Receiver<StreamItem>,
+    rx: mpsc::Receiver<Queued>,
     stop: Pin<Box<dyn Future<Output = Error> + Send>>,
+    stats: Arc<StreamStats>,
     done: bool,
 }
 
 /// Resolves to the error that cuts a stream short.
-async fn stream_stop(shutdown: CancellationToken, deadline: Option<Instant>) -> Error {
+async fn stream_stop(
+    shutdown: CancellationToken,
+    deadline: Option<Instant>,
+    stalled: CancellationToken,
+) -> Error {
     let expired = async {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -324,6 +486,7 @@ async fn stream_stop(shutdown: CancellationToken, deadline: Option<Instant>) -> 
     };
     tokio::select! {
         _ = shutdown.cancelled() => Error::ShuttingDown,
+        _ = stalled.cancelled() => Error::StreamStalled,
         _ = expired => Error::DeadlineExceeded,
     }
 }
@@ -339,52 +502,85 @@ impl Stream for CustomerStream {
             self.done = true;
             return Poll::Ready(Some(Err(error.into())));
         }
-        let item = ready!(self.rx.poll_recv(cx));
-        self.done = item.is_none();
+        let Some(mut queued) = ready!(self.rx.poll_recv(cx)) else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        let item = queued.item.take();
+        if matches!(item, Some(Ok(_))) {
+            self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        }
         Poll::Ready(item)
     }
 }
 
 /// Feeds a ListCustomers stream: one keyset query per batch, each sent
-/// through the bounded channel before the next is read, so memory stays at
-/// about two batches and a slow client slows the reads down. Stops as soon
-/// as the receiving side is gone: the client went away, or the stream was
-/// cut by shutdown or deadline (queries are bounded by the deadline too).
+/// through the bounded buffer before the next is read, so memory stays at
+/// about two buffers' worth and a slow client slows the reads down. Stops as
+/// soon as the receiving side is gone (the client went away, or the stream
+/// was cut by shutdown or deadline), cancelling a query in flight, or when
+/// the client has taken nothing for `stall_timeout`.
 async fn stream_customers(
     api: CustomerApi,
     ctx: RequestContext,
     filter: ListFilter,
     mut after: Option<Position>,
-    tx: StreamSender,
+    sender: StreamSender,
     _open: OpenStream,
 ) {
-    let batch_size = api.stream.batch_size.max(1) as u64;
+    // Fires when the client side goes away or the server stops, and when
+    // this function returns (which ends the watcher).
+    let cancel = CancellationToken::new();
+    let _end = cancel.clone().drop_guard();
+    tokio::spawn({
+        let (cancel, tx, shutdown) = (cancel.clone(), sender.tx.clone(), api.shutdown.clone());
+        async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = shutdown.cancelled() => {}
+                _ = cancel.cancelled() => {}
+            }
+            cancel.cancel();
+        }
+    });
+
+    let max_rows = api.stream.batch_size.max(1);
+    let mut rows = FIRST_BATCH_ROWS.min(max_rows);
     let mut remaining = filter.limit;
     loop {
-        let want = remaining.map_or(batch_size, |r| r.min(batch_size));
-        let batch = tokio::select! {
-            _ = tx.closed() => return,
-            _ = api.shutdown.cancelled() => return,
-            batch = store::list_batch(&api.pool, &ctx, &filter, after, want as i64) => batch,
-        };
+        let want = remaining.map_or(rows as u64, |r| r.min(rows as u64));
+        let batch = store::list_batch(&api.pool, &ctx, &filter, after, want as i64, &cancel).await;
+        if cancel.is_cancelled() {
+            return;
+        }
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
+                sender.fail(e, &api.stats).await;
                 return;
             }
         };
         api.stats.batches.fetch_add(1, Ordering::Relaxed);
         let complete = (batch.len() as u64) < want;
+        let (count, mut bytes) = (batch.len(), 0);
         for customer in batch {
             after = Some((customer.create_time, customer.id.uuid()));
             let message = pb::ListCustomersResponse {
                 customer: Some(customer.into()),
             };
-            if tx.send(Ok(message)).await.is_err() {
-                return;
+            bytes += message.encoded_len();
+            match sender
+                .send(message, &api.stats, api.stream.stall_timeout)
+                .await
+            {
+                Ok(()) => {}
+                Err(Stopped::Gone) => return,
+                Err(Stopped::Stalled) => {
+                    tracing::info!("ListCustomers client read nothing for too long; ending it");
+                    sender.stalled.cancel();
+                    return;
+                }
             }
-            api.stats.messages.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(r) = &mut remaining {
             *r -= want.min(*r);
@@ -395,5 +591,8 @@ async fn stream_customers(
         if complete {
             return;
         }
+        // As many rows as fit in the buffer at this batch's average size.
+        let average = (bytes / count.max(1)).max(1);
+        rows = (api.stream.buffer_bytes / average).clamp(1, max_rows);
     }
 }

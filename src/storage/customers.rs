@@ -10,10 +10,11 @@ use diesel::{
     sql_types,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Pool, connect,
+    Pool, cancellable, connect, connect_for_read,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
     scope,
@@ -227,24 +228,22 @@ pub async fn create(
                     let holder = load_one(conn, app, active_by_email(app, &fields.email)).await?;
                     return Ok(holder.map(|c| (c, false)));
                 };
-                // Keyed by external id: the email's holder matters only as an id.
-                let key_holder =
-                    load_one(conn, app, active_by_external_id(app, external_id)).await?;
-                let email_holder = id_holding(conn, active_by_email(app, &fields.email)).await?;
-                match (key_holder, email_holder) {
-                    (Some(holder), Some(other)) if other != holder.id => {
-                        Err(Error::AlreadyExists {
-                            key: Key::Email,
-                            holder: Some(other),
-                        })
-                    }
-                    (Some(holder), _) => Ok(Some((holder, false))),
-                    (None, Some(other)) => Err(Error::AlreadyExists {
+                // Keyed by external id: its active holder is the answer,
+                // whatever that customer's email is now.
+                if let Some(holder) =
+                    load_one(conn, app, active_by_external_id(app, external_id)).await?
+                {
+                    return Ok(Some((holder, false)));
+                }
+                // Nobody holds the external id, so the email's holder
+                // stopped the insert.
+                match id_holding(conn, active_by_email(app, &fields.email)).await? {
+                    Some(other) => Err(Error::AlreadyExists {
                         key: Key::Email,
                         holder: Some(other),
                     }),
                     // The holder was archived meanwhile: try again.
-                    (None, None) => Ok(None),
+                    None => Ok(None),
                 }
             })
             .await?;
@@ -263,28 +262,87 @@ pub enum Lookup {
     ProviderId { provider: String, id: String },
 }
 
-pub async fn get(pool: &Pool, ctx: &RequestContext, lookup: &Lookup) -> Result<Customer, Error> {
+/// Reads one customer. `cancel` calls the read off (see [`cancellable`]).
+pub async fn get(
+    pool: &Pool,
+    ctx: &RequestContext,
+    lookup: &Lookup,
+    cancel: &CancellationToken,
+) -> Result<Customer, Error> {
     let app = ctx.app;
-    let mut conn = connect(pool, ctx.deadline).await?;
-    conn.build_transaction()
-        .read_only()
-        .repeatable_read()
-        .run::<_, Error, _>(async |conn| {
-            scope(conn, ctx).await?;
-            let query = match lookup {
-                Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
-                Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
-                Lookup::ProviderId { provider, id } => {
-                    let holder = provider_id_holder(conn, app, provider, id)
-                        .await?
-                        .ok_or(Error::NotFound)?;
-                    of_app(app).filter(c::id.eq(holder.uuid()))
-                }
-            };
-            load_one(conn, app, query).await?.ok_or(Error::NotFound)
-        })
-        .await
+    let mut conn = connect_for_read(pool, ctx, cancel).await?;
+    let pg = conn.cancel_token();
+    cancellable(
+        pg,
+        cancel,
+        conn.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run::<_, Error, _>(async |conn| {
+                scope(conn, ctx).await?;
+                let query = match lookup {
+                    Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
+                    Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
+                    Lookup::ProviderId { provider, id } => {
+                        let holder = provider_id_holder(conn, app, provider, id)
+                            .await?
+                            .ok_or(Error::NotFound)?;
+                        of_app(app).filter(c::id.eq(holder.uuid()))
+                    }
+                };
+                load_one(conn, app, query).await?.ok_or(Error::NotFound)
+            }),
+    )
+    .await
 }
+
+/// Which write [`open_write`] opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Update,
+    Archive,
+    Delete,
+}
+
+/// What a write finds once it holds the customer's row.
+enum Opened {
+    /// The write goes ahead from this customer.
+    Proceed(Customer),
+    /// The customer is already where the write would take it (a retried
+    /// archive or delete): it is the answer, unchanged.
+    AlreadyDone(Customer),
+}
+
+/// The opening of every write to an existing customer: lock its row, then
+/// check, in this order, (1) its state, then (2) the caller's etag.
+///
+/// State comes first so that a retried archive or delete, whose etag went
+/// stale through its own first attempt, returns the customer unchanged, and
+/// so that every RPC answers a stale request about an archived or deleted
+/// customer the same way (FAILED_PRECONDITION, not ABORTED).
+async fn open_write(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    id: CustomerId,
+    etag: Option<&str>,
+    write: Write,
+) -> Result<Opened, Error> {
+    let current = lock_by_id(conn, app, id).await?;
+    match (write, current.state) {
+        (_, State::Active) | (Write::Delete, State::Archived) => {}
+        (Write::Archive, State::Archived) | (Write::Delete, State::Deleted) => {
+            return Ok(Opened::AlreadyDone(current));
+        }
+        (_, State::Archived) => return Err(Error::Archived),
+        (_, State::Deleted) => return Err(Error::Deleted),
+    }
+    current.check_etag(etag)?;
+    Ok(Opened::Proceed(current))
+}
+
+/// How often UpdateCustomer retries after a unique violation whose holder
+/// committed during its transaction, so that the retry can name it.
+const UPDATE_ATTEMPTS: usize = 3;
 
 /// Applies `patch` to an active customer, under a row lock so that the etag
 /// check, the merge and the write see the same row.
@@ -295,17 +353,33 @@ pub async fn update(
     etag: Option<&str>,
     patch: &Patch,
 ) -> Result<Customer, Error> {
-    let app = ctx.app;
     let mut conn = connect(pool, ctx.deadline).await?;
+    let mut attempt = 1;
+    loop {
+        match update_once(&mut conn, ctx, id, etag, patch).await {
+            // A key taken by a transaction that committed after our check:
+            // the next attempt's check sees, and names, its holder.
+            Err(Error::AlreadyExists { holder: None, .. }) if attempt < UPDATE_ATTEMPTS => {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn update_once(
+    conn: &mut AsyncPgConnection,
+    ctx: &RequestContext,
+    id: CustomerId,
+    etag: Option<&str>,
+    patch: &Patch,
+) -> Result<Customer, Error> {
+    let app = ctx.app;
     conn.transaction::<_, Error, _>(async |conn| {
         scope(conn, ctx).await?;
-        let current = lock_by_id(conn, app, id).await?;
-        match current.state {
-            State::Active => {}
-            State::Archived => return Err(Error::Archived),
-            State::Deleted => return Err(Error::Deleted),
-        }
-        current.check_etag(etag)?;
+        let current = match open_write(conn, app, id, etag, Write::Update).await? {
+            Opened::Proceed(current) | Opened::AlreadyDone(current) => current,
+        };
         let old = current.fields();
         let new = patch.apply(old.clone()).validate("customer.")?;
         if *new == old {
@@ -376,13 +450,10 @@ pub async fn archive(
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         scope(conn, ctx).await?;
-        let current = lock_by_id(conn, app, id).await?;
-        current.check_etag(etag)?;
-        match current.state {
-            State::Active => {}
-            State::Archived => return Ok(current),
-            State::Deleted => return Err(Error::Deleted),
-        }
+        let current = match open_write(conn, app, id, etag, Write::Archive).await? {
+            Opened::Proceed(current) => current,
+            Opened::AlreadyDone(archived) => return Ok(archived),
+        };
         let row = diesel::update(c::table.find((app.0, id.uuid())))
             .set((
                 c::state.eq(State::Archived.as_str()),
@@ -413,10 +484,10 @@ pub async fn delete(
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         scope(conn, ctx).await?;
-        let current = lock_by_id(conn, app, id).await?;
-        current.check_etag(etag)?;
-        if current.state == State::Deleted {
-            return Ok(current);
+        if let Opened::AlreadyDone(tombstone) =
+            open_write(conn, app, id, etag, Write::Delete).await?
+        {
+            return Ok(tombstone);
         }
         diesel::delete(provider_ids_of(app, id))
             .execute(conn)
@@ -460,19 +531,25 @@ pub async fn position_of(
     pool: &Pool,
     ctx: &RequestContext,
     id: CustomerId,
+    cancel: &CancellationToken,
 ) -> Result<Position, Error> {
-    let mut conn = connect(pool, ctx.deadline).await?;
-    conn.build_transaction()
-        .read_only()
-        .run::<_, Error, _>(async |conn| {
-            scope(conn, ctx).await?;
-            Ok(of_app(ctx.app)
-                .filter(c::id.eq(id.uuid()))
-                .select((c::create_time, c::id))
-                .first(conn)
-                .await?)
-        })
-        .await
+    let mut conn = connect_for_read(pool, ctx, cancel).await?;
+    let pg = conn.cancel_token();
+    cancellable(
+        pg,
+        cancel,
+        conn.build_transaction()
+            .read_only()
+            .run::<_, Error, _>(async |conn| {
+                scope(conn, ctx).await?;
+                Ok(of_app(ctx.app)
+                    .filter(c::id.eq(id.uuid()))
+                    .select((c::create_time, c::id))
+                    .first(conn)
+                    .await?)
+            }),
+    )
+    .await
 }
 
 /// Escapes LIKE's wildcards so that a query matches literally.
@@ -491,13 +568,15 @@ fn like_pattern(query: &str) -> String {
 
 /// One keyset batch of a listing: at most `limit` customers strictly after
 /// `after` in the filter's order. A short read-only transaction of its own:
-/// nothing is held between batches.
+/// nothing is held between batches. `cancel` calls the read off (see
+/// [`cancellable`]).
 pub async fn list_batch(
     pool: &Pool,
     ctx: &RequestContext,
     filter: &ListFilter,
     after: Option<Position>,
     limit: i64,
+    cancel: &CancellationToken,
 ) -> Result<Vec<Customer>, Error> {
     let app = ctx.app;
     let mut query = of_app(app);
@@ -545,16 +624,21 @@ pub async fn list_batch(
     };
     let query = query.select(CustomerRow::as_select()).limit(limit);
 
-    let mut conn = connect(pool, ctx.deadline).await?;
-    conn.build_transaction()
-        .read_only()
-        .repeatable_read()
-        .run::<_, Error, _>(async |conn| {
-            scope(conn, ctx).await?;
-            let rows = query.load(conn).await?;
-            with_provider_ids(conn, app, rows).await
-        })
-        .await
+    let mut conn = connect_for_read(pool, ctx, cancel).await?;
+    let pg = conn.cancel_token();
+    cancellable(
+        pg,
+        cancel,
+        conn.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run::<_, Error, _>(async |conn| {
+                scope(conn, ctx).await?;
+                let rows = query.load(conn).await?;
+                with_provider_ids(conn, app, rows).await
+            }),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod schema;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{
@@ -60,7 +61,10 @@ impl Default for PoolOptions {
 /// Builds the pool. Connections are opened lazily, so this does not touch
 /// the database.
 pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
-    let statement_timeout_ms = options.statement_timeout.as_millis();
+    let statement_timeout_ms = options
+        .statement_timeout
+        .min(crate::context::MAX_STATEMENT_TIMEOUT)
+        .as_millis();
     let mut config = ManagerConfig::default();
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
@@ -104,6 +108,43 @@ pub async fn connect(pool: &Pool, deadline: Option<Instant>) -> Result<Connectio
     })
 }
 
+/// Takes a connection for a read that `cancel` may call off: a caller that
+/// goes away while waiting gives up its place.
+pub async fn connect_for_read(
+    pool: &Pool,
+    ctx: &RequestContext,
+    cancel: &CancellationToken,
+) -> Result<Connection, Error> {
+    tokio::select! {
+        conn = connect(pool, ctx.deadline) => conn,
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+    }
+}
+
+/// Runs `work`, a read on the connection that `pg` cancels, to its end. If
+/// `cancel` fires first (the caller went away, the server is stopping),
+/// PostgreSQL is asked to cancel the running statement, and `work` is still
+/// awaited: the transaction ends, the connection returns to the pool clean,
+/// and its backend is idle. Dropping `work` instead would leave the backend
+/// running its query while the pool opened a replacement, so that
+/// `--pool-max-size` would no longer bound the backends in use.
+pub async fn cancellable<T>(
+    pg: tokio_postgres::CancelToken,
+    cancel: &CancellationToken,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => return result,
+        _ = cancel.cancelled() => {}
+    }
+    if let Err(e) = pg.cancel_query(tokio_postgres::NoTls).await {
+        tracing::debug!(error = %e, "cancel request failed");
+    }
+    let _ = work.await;
+    Err(Error::Cancelled)
+}
+
 /// The database role every service transaction acts as: not the tables'
 /// owner, so row-level security applies (see the second migration).
 pub const SERVICE_ROLE: &str = "customers_service";
@@ -111,21 +152,17 @@ pub const SERVICE_ROLE: &str = "customers_service";
 /// Scopes the rest of the current transaction to the call, in one round
 /// trip: acts as [`SERVICE_ROLE`], sets `customers.app_id` (which row-level
 /// security filters on), and bounds every statement by the call's deadline
-/// (the server cancels a statement still running when it passes).
+/// (the server cancels a statement still running when it passes), never
+/// longer than the server's own statement limit.
 pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
-    let timeout_ms = match ctx.remaining() {
-        Some(remaining) if remaining.is_zero() => return Err(Error::DeadlineExceeded),
-        Some(remaining) => Some(remaining.as_millis().max(1).to_string()),
-        None => None,
-    };
+    let timeout = ctx.statement_timeout().ok_or(Error::DeadlineExceeded)?;
     diesel::sql_query(
         "SELECT set_config('role', $1, true), set_config('customers.app_id', $2, true),
-                set_config('statement_timeout',
-                           coalesce($3, current_setting('statement_timeout')), true)",
+                set_config('statement_timeout', $3, true)",
     )
     .bind::<diesel::sql_types::Text, _>(SERVICE_ROLE)
     .bind::<diesel::sql_types::Text, _>(ctx.app.0.to_string())
-    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(timeout_ms)
+    .bind::<diesel::sql_types::Text, _>(timeout.as_millis().to_string())
     .execute(conn)
     .await?;
     Ok(())
@@ -155,11 +192,21 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     .await?
 }
 
-/// Whether the database answers a trivial query before `deadline`.
-pub async fn ping(pool: &Pool, deadline: Instant) -> Result<(), Error> {
-    let mut conn = connect(pool, Some(deadline)).await?;
+/// Whether the database answers a trivial query, on `conn`, a connection
+/// outside the pool that is opened (as the pool opens its own) when absent.
+pub async fn ping(pool: &Pool, conn: &mut Option<AsyncPgConnection>) -> Result<(), Error> {
+    use deadpool::managed::Manager;
+    let conn = match conn {
+        Some(conn) => conn,
+        None => conn.insert(
+            pool.manager()
+                .create()
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        ),
+    };
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
-        .execute(&mut conn)
+        .execute(conn)
         .await?;
     Ok(())
 }

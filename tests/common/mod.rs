@@ -237,7 +237,12 @@ impl TestService {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let api = CustomerApi::new(pool.clone(), options.stream, shutdown.clone());
+        let api = CustomerApi::new(
+            pool.clone(),
+            options.stream,
+            options.pool.statement_timeout,
+            shutdown.clone(),
+        );
         let stats = api.stream_stats();
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_address = metrics_listener.local_addr().unwrap();

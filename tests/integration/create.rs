@@ -96,15 +96,14 @@ async fn keys_pointing_at_different_customers_are_already_exists() {
     let a = create_new(&mut svc.client, a).await;
     let b = create_new(&mut svc.client, customer("b@example.com")).await;
 
-    // External id of A, email of B.
+    // External id of A, email of B: the external id decides, so this is A,
+    // unchanged (the email of the request is not written).
     let mut both = customer("b@example.com");
     both.external_id = Some("ext-a".into());
-    let meta = assert_error(
-        create(&mut svc.client, both).await,
-        Code::AlreadyExists,
-        "EMAIL_TAKEN",
-    );
-    assert_eq!(meta["customer_id"], b.id);
+    let response = create(&mut svc.client, both).await.unwrap();
+    assert!(!response.created);
+    assert_eq!(response.customer, Some(a.clone()));
+    assert_ne!(a.id, b.id);
 
     // A new external id with A's email.
     let mut taken = customer("A@example.com");
@@ -115,6 +114,39 @@ async fn keys_pointing_at_different_customers_are_already_exists() {
         "EMAIL_TAKEN",
     );
     assert_eq!(meta["customer_id"], a.id);
+    assert_eq!(svc.count("customers").await, 2);
+}
+
+/// A signup retried after the customer's email moved to someone else still
+/// finds its customer by external id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_retried_after_its_email_moved_returns_its_customer() {
+    let mut svc = TestService::start().await;
+    let mut original = customer("a@example.com");
+    original.external_id = Some("user-1".into());
+    let a = create_new(&mut svc.client, original.clone()).await;
+
+    let moved = svc
+        .client
+        .update_customer(pb::UpdateCustomerRequest {
+            customer: Some(pb::Customer {
+                id: a.id.clone(),
+                email: "a2@example.com".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    let b = create_new(&mut svc.client, customer("a@example.com")).await;
+
+    let retry = create(&mut svc.client, original).await.unwrap();
+    assert!(!retry.created);
+    assert_eq!(retry.customer, Some(moved));
+    assert_ne!(b.id, a.id);
     assert_eq!(svc.count("customers").await, 2);
 }
 

@@ -418,6 +418,7 @@ async fn an_app_may_only_hold_so_many_streams() {
         stream: StreamOptions {
             batch_size: 10,
             max_per_app: NonZeroU32::new(1),
+            ..Default::default()
         },
         ..Default::default()
     })
