@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve gRPC (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseConfig),
     /// Manage apps (tenants): an admin path that needs the database, not an

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             }
             Some(Command::Apps(command)) => admin::apps(command).await,
             Some(Command::Keys(command)) => admin::keys(command).await,
-            Some(Command::Serve(config)) => server::run(config).await,
+            Some(Command::Serve(config)) => server::run(*config).await,
             None => server::run(cli.serve).await,
         }
     });

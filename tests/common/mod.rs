@@ -308,6 +308,17 @@ impl TestService {
             .n
     }
 
+    /// Backends of this test's database that the service opened
+    /// (`application_name = 'customers'`) and that match `condition`, a SQL
+    /// condition on `pg_stat_activity` (`true` for all).
+    pub async fn backends(&self, condition: &str) -> i64 {
+        self.count(&format!(
+            "pg_stat_activity WHERE datname = current_database()
+             AND application_name = 'customers' AND pid <> pg_backend_pid() AND ({condition})"
+        ))
+        .await
+    }
+
     /// Stops serving and waits for the server to return.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -481,6 +492,22 @@ pub async fn scrape(svc: &TestService) -> String {
     socket.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+/// Waits until an async `condition` holds, failing after `timeout`.
+pub async fn eventually_async<F: Future<Output = bool>>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until `condition` holds, failing after `timeout`.

@@ -140,6 +140,49 @@ async fn archive_errors() {
     );
 }
 
+/// State is checked before the etag, for every write: a retried archive or
+/// delete gets its result, and a stale request about a deleted customer says
+/// so rather than ETAG_MISMATCH.
+#[tokio::test(flavor = "multi_thread")]
+async fn retried_conditional_archives_and_deletes_succeed() {
+    let mut svc = TestService::start().await;
+    let c = create_new(&mut svc.client, customer("retry@example.com")).await;
+    let archived = archive(&mut svc, &c.id, &c.etag).await.unwrap();
+    // The first response was lost; the identical request again.
+    assert_eq!(archive(&mut svc, &c.id, &c.etag).await.unwrap(), archived);
+
+    let deleted = delete(&mut svc, &c.id, &archived.etag).await.unwrap();
+    assert_eq!(
+        delete(&mut svc, &c.id, &archived.etag).await.unwrap(),
+        deleted
+    );
+    assert_eq!(delete(&mut svc, &c.id, "\"1\"").await.unwrap(), deleted);
+    assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), deleted);
+
+    for stale in [c.etag.as_str(), archived.etag.as_str(), "\"999\""] {
+        assert_error(
+            archive(&mut svc, &c.id, stale).await,
+            Code::FailedPrecondition,
+            "CUSTOMER_DELETED",
+        );
+        assert_error(
+            svc.client
+                .update_customer(pb::UpdateCustomerRequest {
+                    customer: Some(pb::Customer {
+                        id: c.id.clone(),
+                        name: "x".into(),
+                        etag: stale.into(),
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                })
+                .await,
+            Code::FailedPrecondition,
+            "CUSTOMER_DELETED",
+        );
+    }
+}
+
 #[derive(diesel::QueryableByName, Debug)]
 struct RawRow {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]

@@ -325,7 +325,41 @@ async fn bad_list_requests_are_invalid() {
             },
             "order",
         ),
+        (
+            pb::ListCustomersRequest {
+                created_after: Some(prost_types::Timestamp {
+                    seconds: -8_000_000_000_000,
+                    nanos: 0,
+                }),
+                ..default()
+            },
+            "created_after",
+        ),
+        (
+            pb::ListCustomersRequest {
+                // 10000-01-01T00:00:00Z
+                created_before: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                }),
+                ..default()
+            },
+            "created_before",
+        ),
     ] {
         assert_eq!(bad_fields(list(&mut svc.client, request).await), [field]);
     }
+    // The edges of the range are valid.
+    let edges = pb::ListCustomersRequest {
+        created_after: Some(prost_types::Timestamp {
+            seconds: -62_135_596_800,
+            nanos: 0,
+        }),
+        created_before: Some(prost_types::Timestamp {
+            seconds: 253_402_300_799,
+            nanos: 999_999_999,
+        }),
+        ..default()
+    };
+    assert_eq!(list(&mut svc.client, edges).await.unwrap(), []);
 }

@@ -172,6 +172,78 @@ async fn an_expired_deadline_is_deadline_exceeded_and_cancels_the_query() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_far_deadline_does_not_lift_the_statement_timeout() {
+    let mut svc = TestService::start_with(Options {
+        pool: customers::storage::PoolOptions {
+            statement_timeout: Duration::from_secs(1),
+            ..Options::default().pool
+        },
+        ..Default::default()
+    })
+    .await;
+    let c = create_new(&mut svc.client, customer("capped@example.com")).await;
+    let lock = lock_row(&svc, &c.id).await;
+    let mut request = Request::new(pb::UpdateCustomerRequest {
+        customer: Some(pb::Customer {
+            id: c.id.clone(),
+            name: "Blocked".into(),
+            ..Default::default()
+        }),
+        update_mask: None,
+    });
+    request.set_timeout(Duration::from_secs(100_000));
+    let started = Instant::now();
+    let result = svc.client.update_customer(request).await;
+    let waited = started.elapsed();
+    assert_error(result, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    assert_eq!(service_statements_waiting(&svc).await, 0);
+    drop(lock);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deadlines_of_a_month_work() {
+    let mut svc = TestService::start().await;
+    // grpc-go sends a 30-day deadline as "2592000S", past what PostgreSQL's
+    // statement_timeout holds in milliseconds.
+    let month = Duration::from_secs(30 * 86_400);
+    let mut request = Request::new(pb::CreateCustomerRequest {
+        customer: Some(customer("month@example.com")),
+    });
+    request.set_timeout(month);
+    let c = svc
+        .client
+        .create_customer(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    let mut request = Request::new(pb::GetCustomerRequest {
+        lookup: Some(pb::get_customer_request::Lookup::Id(c.id.clone())),
+    });
+    request.set_timeout(month);
+    assert_eq!(
+        svc.client
+            .get_customer(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .customer,
+        Some(c)
+    );
+    let mut request = Request::new(pb::ListCustomersRequest::default());
+    request.set_timeout(month);
+    let mut stream = svc
+        .client
+        .list_customers(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
     let svc = TestService::start().await;
     seed(&svc.database_url, 5_000).await;

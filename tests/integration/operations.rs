@@ -182,3 +182,29 @@ fn missing_postgres_binaries_is_a_one_line_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_embedded_cluster_refuses_a_symlinked_log() {
+    let root = std::env::temp_dir().join(format!("customers-symlink-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&root).unwrap();
+    let target = root.join("precious");
+    std::fs::write(&target, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&target, root.join("postgres.log")).unwrap();
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&target).unwrap());
+
+    let started = customers::embedded_pg::Cluster::start(&customers::embedded_pg::ClusterOptions {
+        root: root.clone(),
+        throwaway: true,
+        port: None,
+    });
+    let error = started.expect_err("a symlinked log must be refused");
+    assert!(format!("{error:#}").contains("postgres.log"), "{error:#}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        owner,
+        "not chowned"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}

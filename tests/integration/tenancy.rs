@@ -17,6 +17,14 @@ use tonic::{Code, Request};
 
 use crate::common::*;
 
+/// The same key with its secret in upper-case hex.
+fn non_canonical(key: &str) -> String {
+    let (head, secret) = key.split_at(key.len() - 40);
+    let upper = format!("{head}{}", secret.to_uppercase());
+    assert_ne!(upper, key, "a secret of 40 decimal digits (p < 1e-8)");
+    upper
+}
+
 fn with_auth(auth: AuthOptions) -> Options {
     Options {
         serve: ServeOptions {
@@ -73,6 +81,11 @@ async fn calls_without_a_valid_key_are_refused_before_any_handler_runs() {
         (format!("Bearer {unknown}"), "API_KEY_INVALID"),
         (format!("Bearer {wrong_secret}"), "API_KEY_INVALID"),
         (format!("Basic {}", svc.key), "API_KEY_MISSING"),
+        // The same key in other spellings is not the key.
+        (
+            format!("Bearer {}", non_canonical(&svc.key)),
+            "API_KEY_INVALID",
+        ),
     ] {
         assert_error(
             attempt(Some(("authorization", key))).await,
@@ -82,15 +95,30 @@ async fn calls_without_a_valid_key_are_refused_before_any_handler_runs() {
     }
     assert_eq!(svc.count("customers").await, 0, "no handler ran");
 
-    // Both headers carry a key.
+    // Both headers carry a key; an `authorization` of another scheme (added
+    // by a proxy) does not hide `x-api-key`.
     attempt(Some(("x-api-key", svc.key.clone()))).await.unwrap();
+    let mut request = Request::new(pb::GetCustomerRequest {
+        lookup: Some(Lookup::ExternalId("nobody".into())),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-api-key", svc.key.parse().unwrap());
+    assert_error(
+        plain().get_customer(request).await,
+        Code::NotFound,
+        "CUSTOMER_NOT_FOUND",
+    );
     attempt(Some(("authorization", format!("bearer {}", svc.key))))
         .await
         .unwrap();
 
     let text = scrape(&svc).await;
     assert!(
-        text.contains(r#"customers_auth_failures_total{reason="API_KEY_INVALID"} 3"#),
+        text.contains(r#"customers_auth_failures_total{reason="API_KEY_INVALID"} 4"#),
         "{text}"
     );
     assert!(

@@ -279,3 +279,51 @@ async fn archived_and_deleted_customers_cannot_be_updated() {
         "CUSTOMER_DELETED",
     );
 }
+
+/// Writers racing for one email: every loser is told who won.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_updates_to_one_email_name_the_holder() {
+    let mut svc = TestService::start().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            create_new(&mut svc.client, customer(&format!("racer{i}@example.com")))
+                .await
+                .id,
+        );
+    }
+    for round in 0..15 {
+        let email = format!("round{round}@example.com");
+        let calls = ids.iter().map(|id| {
+            let mut client = svc.client.clone();
+            let mut p = patch(id);
+            p.email = email.clone();
+            tokio::spawn(async move {
+                client
+                    .update_customer(pb::UpdateCustomerRequest {
+                        customer: Some(p),
+                        update_mask: None,
+                    })
+                    .await
+                    .map(|r| r.into_inner().customer.unwrap())
+            })
+        });
+        let results: Vec<_> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let winners: Vec<&pb::Customer> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for result in &results {
+            if result.is_err() {
+                let meta = assert_error(result.clone(), Code::AlreadyExists, "EMAIL_TAKEN");
+                assert_eq!(
+                    meta.get("customer_id"),
+                    Some(&winners[0].id),
+                    "round {round}"
+                );
+            }
+        }
+    }
+}
