@@ -27,7 +27,7 @@ use tonic::Status;
 
 use crate::{
     domain::{AppId, KeyId},
-    error::Error,
+    error::{AuthFailure, Error},
     metrics::Metrics,
     storage::{Pool, apps},
 };
@@ -172,28 +172,28 @@ impl Authenticator {
     /// counted by reason.
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<AppId, Error> {
         let result = self.check(presented).await;
-        if let Err(e @ Error::Unauthenticated(reason)) = &result {
-            self.metrics.auth_failure(reason);
-            tracing::warn!(reason, error = %e, "authentication failed");
+        if let Err(e @ Error::Unauthenticated(failure)) = &result {
+            self.metrics.auth_failure(*failure);
+            tracing::warn!(reason = failure.reason(), error = %e, "authentication failed");
         }
         result
     }
 
     async fn check(&self, presented: Option<&str>) -> Result<AppId, Error> {
-        let presented = presented.ok_or(Error::Unauthenticated("API_KEY_MISSING"))?;
+        let presented = presented.ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if let Some(app) = self.cache.get(&digest).await {
             return Ok(app);
         }
-        let key = ApiKey::parse(presented).ok_or(Error::Unauthenticated("API_KEY_INVALID"))?;
+        let key = ApiKey::parse(presented).ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
         let (record, valid) = apps::find_key(&self.pool, key.app, key.id)
             .await?
-            .ok_or(Error::Unauthenticated("API_KEY_INVALID"))?;
+            .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
         if !bool::from(record.secret_hash.as_slice().ct_eq(&key.secret_hash())) {
-            return Err(Error::Unauthenticated("API_KEY_INVALID"));
+            return Err(Error::Unauthenticated(AuthFailure::Invalid));
         }
         if !valid {
-            return Err(Error::Unauthenticated("API_KEY_REVOKED"));
+            return Err(Error::Unauthenticated(AuthFailure::Revoked));
         }
         self.cache.insert(digest, key.app).await;
         Ok(key.app)

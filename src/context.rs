@@ -6,7 +6,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Request;
 
-use crate::{domain::AppId, error::Error};
+use crate::{
+    domain::AppId,
+    error::{AuthFailure, Error},
+};
 
 /// The scope and time budget of one call.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +42,7 @@ impl RequestContext {
         let app = *request
             .extensions()
             .get::<AppId>()
-            .ok_or(Error::Unauthenticated("API_KEY_MISSING"))?;
+            .ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
         let timeout = request
             .metadata()
             .get("grpc-timeout")

@@ -1,16 +1,8 @@
-//! The service's one error type, and the one place where errors become gRPC
-//! statuses (AIP-193: an `ErrorInfo` on every error, a `BadRequest` listing
-//! every bad field on `INVALID_ARGUMENT`).
+//! The service's one error type: every way a call can fail, with its stable
+//! reason. How each becomes a gRPC status is decided in one place,
+//! [`crate::wire::status`].
 
-use std::collections::HashMap;
-
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-
-use crate::domain::{CustomerId, FieldViolation};
-
-/// `ErrorInfo.domain` of every error this service returns.
-pub const ERROR_DOMAIN: &str = "customers.v1";
+use crate::domain::{CustomerId, Invalid};
 
 /// Which unique key a write collided on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,15 +12,42 @@ pub enum Key {
     ProviderId,
 }
 
+/// Why a caller was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// No key in the request.
+    Missing,
+    /// Not a key of ours: malformed, unknown, or a wrong secret.
+    Invalid,
+    /// A real key, revoked or past its expiry.
+    Revoked,
+}
+
+impl AuthFailure {
+    /// The stable `ErrorInfo.reason`, also the metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "API_KEY_MISSING",
+            AuthFailure::Invalid => "API_KEY_INVALID",
+            AuthFailure::Revoked => "API_KEY_REVOKED",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => {
+                "send an API key as `authorization: Bearer <key>` or `x-api-key: <key>`"
+            }
+            AuthFailure::Invalid => "the API key is not valid",
+            AuthFailure::Revoked => "the API key is revoked or expired",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the request has invalid fields")]
-    InvalidArgument {
-        /// The first [`MAX_VIOLATIONS`] violations found.
-        violations: Vec<FieldViolation>,
-        /// How many more were found but are not listed.
-        omitted: usize,
-    },
+    InvalidArgument(Invalid),
     #[error("customer not found")]
     NotFound,
     #[error("{} is already held by another active customer", key_name(*.key))]
@@ -45,8 +64,8 @@ pub enum Error {
     Deleted,
     #[error("the request conflicted with a concurrent write; retry it")]
     Contention,
-    #[error("{}", unauthenticated_message(.0))]
-    Unauthenticated(&'static str),
+    #[error("{}", .0.message())]
+    Unauthenticated(AuthFailure),
     #[error("this app is calling too fast; retry later")]
     RateLimited,
     #[error("this app has too many ListCustomers streams open; retry later")]
@@ -66,18 +85,9 @@ pub enum Error {
     /// and databases.
     #[error("the database is unavailable; retry later")]
     Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-fn unauthenticated_message(reason: &str) -> &'static str {
-    match reason {
-        "API_KEY_MISSING" => {
-            "send an API key as `authorization: Bearer <key>` or `x-api-key: <key>`"
-        }
-        "API_KEY_REVOKED" => "the API key is revoked or expired",
-        _ => "the API key is not valid",
-    }
+    /// A fault of ours, with its cause (logged, never sent).
+    #[error("internal error: {0:#}")]
+    Internal(anyhow::Error),
 }
 
 fn key_name(key: Key) -> &'static str {
@@ -92,7 +102,7 @@ impl Error {
     /// The stable, machine-readable `ErrorInfo.reason`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::InvalidArgument { .. } => "INVALID_FIELDS",
+            Error::InvalidArgument(_) => "INVALID_FIELDS",
             Error::NotFound => "CUSTOMER_NOT_FOUND",
             Error::AlreadyExists { key, .. } => match key {
                 Key::Email => "EMAIL_TAKEN",
@@ -103,7 +113,7 @@ impl Error {
             Error::Archived => "CUSTOMER_ARCHIVED",
             Error::Deleted => "CUSTOMER_DELETED",
             Error::Contention => "CONCURRENT_MODIFICATION",
-            Error::Unauthenticated(reason) => reason,
+            Error::Unauthenticated(failure) => failure.reason(),
             Error::RateLimited => "RATE_LIMITED",
             Error::TooManyStreams => "TOO_MANY_STREAMS",
             Error::DeadlineExceeded => "DEADLINE_EXCEEDED",
@@ -115,195 +125,19 @@ impl Error {
         }
     }
 
-    pub fn code(&self) -> Code {
-        match self {
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::NotFound => Code::NotFound,
-            Error::AlreadyExists { .. } => Code::AlreadyExists,
-            Error::EtagMismatch | Error::Contention => Code::Aborted,
-            Error::Archived | Error::Deleted => Code::FailedPrecondition,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::RateLimited | Error::TooManyStreams => Code::ResourceExhausted,
-            Error::DeadlineExceeded => Code::DeadlineExceeded,
-            Error::ShuttingDown | Error::StreamStalled | Error::Unavailable(_) => Code::Unavailable,
-            Error::Cancelled => Code::Cancelled,
-            Error::Internal(_) => Code::Internal,
-        }
-    }
-
     /// A single invalid field.
-    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Error {
-        Error::InvalidArgument {
-            violations: vec![FieldViolation {
-                field: truncate(&field.into(), MAX_FIELD_BYTES),
-                description: truncate(&description.into(), MAX_DESCRIPTION_BYTES),
-            }],
-            omitted: 0,
-        }
+    pub fn invalid(field: impl std::fmt::Display, description: impl Into<String>) -> Error {
+        Error::InvalidArgument(Invalid::field(field, description))
+    }
+
+    /// A fault of ours, keeping its cause.
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Error {
+        Error::Internal(cause.into())
     }
 }
 
-/// Most violations one error lists. With the limits below, an error's
-/// trailers stay under about 4 KiB, well within the 8 KiB that common
-/// clients accept, whatever the request held.
-pub const MAX_VIOLATIONS: usize = 10;
-/// Longest field path in a violation, in bytes.
-pub const MAX_FIELD_BYTES: usize = 80;
-/// Longest violation description, in bytes.
-pub const MAX_DESCRIPTION_BYTES: usize = 160;
-/// Longest status message, in bytes.
-const MAX_MESSAGE_BYTES: usize = 400;
-
-/// `s` cut to at most `max` bytes (at a character boundary), ending in "…"
-/// when cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-impl From<Error> for Status {
-    fn from(error: Error) -> Status {
-        let mut metadata = HashMap::new();
-        if let Error::AlreadyExists {
-            holder: Some(holder),
-            ..
-        } = &error
-        {
-            metadata.insert("customer_id".to_owned(), holder.to_string());
-        }
-        let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
-        if let Error::InvalidArgument { violations, .. } = &error {
-            details.set_bad_request(
-                violations
-                    .iter()
-                    .take(MAX_VIOLATIONS)
-                    .map(|v| {
-                        tonic_types::FieldViolation::new(
-                            truncate(&v.field, MAX_FIELD_BYTES),
-                            truncate(&v.description, MAX_DESCRIPTION_BYTES),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            );
-        }
-        let message = match &error {
-            // Internal details go to the log, not to the caller.
-            Error::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                "internal error".to_owned()
-            }
-            Error::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "database unavailable");
-                error.to_string()
-            }
-            Error::InvalidArgument {
-                violations,
-                omitted,
-            } => {
-                let listed = violations.len().min(MAX_VIOLATIONS);
-                let fields: Vec<String> = violations[..listed]
-                    .iter()
-                    .map(|v| truncate(&v.field, MAX_FIELD_BYTES))
-                    .collect();
-                let more = omitted + (violations.len() - listed);
-                let mut message = truncate(
-                    &format!("invalid fields: {}", fields.join(", ")),
-                    MAX_MESSAGE_BYTES,
-                );
-                if more > 0 {
-                    message.push_str(&format!(" (and {more} more)"));
-                }
-                message
-            }
-            other => other.to_string(),
-        };
-        Status::with_error_details(error.code(), message, details)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_carry_reason_and_violations() {
-        let status = Status::from(Error::InvalidArgument {
-            violations: vec![
-                FieldViolation {
-                    field: "customer.email".into(),
-                    description: "is required".into(),
-                },
-                FieldViolation {
-                    field: "customer.phone".into(),
-                    description: "bad".into(),
-                },
-            ],
-            omitted: 0,
-        });
-        assert_eq!(status.code(), Code::InvalidArgument);
-        let details = status.get_error_details();
-        assert_eq!(details.error_info().unwrap().reason, "INVALID_FIELDS");
-        assert_eq!(details.bad_request().unwrap().field_violations.len(), 2);
-
-        let holder = CustomerId::generate();
-        let status = Status::from(Error::AlreadyExists {
-            key: Key::Email,
-            holder: Some(holder),
-        });
-        assert_eq!(status.code(), Code::AlreadyExists);
-        let info = status.get_error_details().error_info().unwrap().clone();
-        assert_eq!(info.reason, "EMAIL_TAKEN");
-        assert_eq!(info.metadata["customer_id"], holder.to_string());
-
-        let status = Status::from(Error::Internal("secret detail".into()));
-        assert!(!status.message().contains("secret"));
-        let status = Status::from(Error::Unavailable(
-            "password authentication failed for user \"postgres\"".into(),
-        ));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(!status.message().contains("postgres"), "{status:?}");
-    }
-
-    #[test]
-    fn huge_violations_make_small_trailers() {
-        let long = "é".repeat(10_000);
-        let status = Status::from(Error::InvalidArgument {
-            violations: (0..50)
-                .map(|_| FieldViolation {
-                    field: long.clone(),
-                    description: long.clone(),
-                })
-                .collect(),
-            omitted: 1000,
-        });
-        let details = status.get_error_details();
-        assert_eq!(
-            details.bad_request().unwrap().field_violations.len(),
-            MAX_VIOLATIONS
-        );
-        assert!(
-            status.message().ends_with("(and 1040 more)"),
-            "{}",
-            status.message()
-        );
-        assert!(status.message().len() <= 500);
-        // Base64 in the trailer: 4/3 of the details.
-        assert!(status.details().len() * 4 / 3 + status.message().len() * 3 < 6 * 1024);
-    }
-
-    #[test]
-    fn truncation_keeps_short_strings_and_cuts_long_ones() {
-        assert_eq!(truncate("abc", 3), "abc");
-        assert_eq!(truncate("abcdefgh", 7), "abcd…");
-        assert_eq!(truncate("ééééé", 8), "éé…");
-        assert_eq!(truncate("ééééé", 7), "éé…");
-        assert_eq!(truncate("", 2), "");
-        assert!(truncate(&"x".repeat(1000), 50).len() <= 50);
+impl From<Invalid> for Error {
+    fn from(invalid: Invalid) -> Error {
+        Error::InvalidArgument(invalid)
     }
 }

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{Instrument, Span, field};
 
-use crate::{service::StreamStats, storage::Pool};
+use crate::{error::AuthFailure, service::StreamStats, storage::Pool};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -131,9 +131,11 @@ impl Metrics {
     }
 
     /// Counts a failed authentication by its reason.
-    pub fn auth_failure(&self, reason: &'static str) {
+    pub fn auth_failure(&self, failure: AuthFailure) {
         self.auth_failures
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ReasonLabels {
+                reason: failure.reason(),
+            })
             .inc();
     }
 

@@ -1,6 +1,7 @@
-//! The gRPC handlers of `customers.v1.CustomerService`. They translate
-//! requests into domain calls and results back; validation lives in
-//! `domain`, SQL in `storage`, status codes in `error`.
+//! The gRPC handlers of `customers.v1.CustomerService`. Each one: the
+//! call's context (app, deadline), the parse step (`wire::requests`: the
+//! request becomes a typed command, or INVALID_ARGUMENT), the storage call,
+//! the conversion back. Statuses are chosen in `wire::status`.
 
 use std::{
     collections::HashMap,
@@ -26,13 +27,14 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     context::RequestContext,
-    conversions,
-    domain::{self, AppId, CustomerFields, ListFilter, Patch},
+    domain::{
+        AppId, ChangeState, CreateCustomer, GetCustomer, ListCustomers, ListFilter, UpdateCustomer,
+    },
     error::Error,
     pb::{self, customer_service_server::CustomerService},
     storage::{
         Pool,
-        customers::{self as store, Lookup, Position},
+        customers::{self as store, Position},
     },
 };
 
@@ -179,7 +181,7 @@ async fn to_completion<T: Send + 'static>(
 ) -> Result<T, Status> {
     match tokio::spawn(write).await {
         Ok(result) => result.map_err(Status::from),
-        Err(e) => Err(Error::Internal(format!("write task failed: {e}")).into()),
+        Err(e) => Err(Error::internal(e).into()),
     }
 }
 
@@ -197,10 +199,6 @@ where
     to_completion(read(cancel)).await
 }
 
-fn required<T>(field: &str, value: Option<T>) -> Result<T, Status> {
-    value.ok_or_else(|| Error::invalid(field, "is required").into())
-}
-
 #[tonic::async_trait]
 impl CustomerService for CustomerApi {
     async fn create_customer(
@@ -208,11 +206,10 @@ impl CustomerService for CustomerApi {
         request: Request<pb::CreateCustomerRequest>,
     ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
         let ctx = self.context(&request)?;
-        let customer = required("customer", request.into_inner().customer)?;
-        let fields = CustomerFields::from(customer).validate("customer.")?;
+        let command = CreateCustomer::try_from(request.into_inner())?;
         let pool = self.pool.clone();
         let (customer, created) =
-            to_completion(async move { store::create(&pool, &ctx, &fields).await }).await?;
+            to_completion(async move { store::create(&pool, &ctx, &command.fields).await }).await?;
         Ok(Response::new(pb::CreateCustomerResponse {
             customer: Some(customer.into()),
             created,
@@ -223,35 +220,13 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::GetCustomerRequest>,
     ) -> Result<Response<pb::GetCustomerResponse>, Status> {
-        use pb::get_customer_request::Lookup as By;
         let ctx = self.context(&request)?;
-        let lookup = match request.into_inner().lookup {
-            Some(By::Id(id)) => Lookup::Id(domain::parse_id("id", &id)?),
-            Some(By::ExternalId(id)) if !id.is_empty() => Lookup::ExternalId(id),
-            Some(By::ExternalId(_)) => return Err(Error::invalid("external_id", "is empty").into()),
-            Some(By::ProviderId(p)) => {
-                let mut v = domain::Violations::new("provider_id.");
-                if p.provider.is_empty() {
-                    v.add("provider", "is required");
-                }
-                if p.id.is_empty() {
-                    v.add("id", "is required");
-                }
-                v.into_result(Lookup::ProviderId {
-                    provider: p.provider,
-                    id: p.id,
-                })?
-            }
-            None => {
-                return Err(
-                    Error::invalid("lookup", "set one of id, external_id or provider_id").into(),
-                );
-            }
-        };
+        let command = GetCustomer::try_from(request.into_inner())?;
         let pool = self.pool.clone();
-        let customer =
-            read_to_end(async move |cancel| store::get(&pool, &ctx, &lookup, &cancel).await)
-                .await?;
+        let customer = read_to_end(async move |cancel| {
+            store::get(&pool, &ctx, &command.lookup, &cancel).await
+        })
+        .await?;
         Ok(Response::new(pb::GetCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -262,25 +237,10 @@ impl CustomerService for CustomerApi {
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
         let ctx = self.context(&request)?;
-        let request = request.into_inner();
-        let customer = required("customer", request.customer)?;
-        let id = domain::parse_id("customer.id", &customer.id)?;
-        let etag = conversions::etag(&customer.etag).map(str::to_owned);
-        let mask = request.update_mask.map(|m| m.paths);
-        let patch = Patch::new(mask.as_deref(), customer.into())?;
-        if patch.is_empty() {
-            return Err(Error::invalid(
-                "update_mask",
-                "names no field, and the customer sets none to write",
-            )
-            .into());
-        }
+        let command = UpdateCustomer::try_from(request.into_inner())?;
         let pool = self.pool.clone();
         let customer =
-            to_completion(
-                async move { store::update(&pool, &ctx, id, etag.as_deref(), &patch).await },
-            )
-            .await?;
+            to_completion(async move { store::update(&pool, &ctx, &command).await }).await?;
         Ok(Response::new(pb::UpdateCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -293,7 +253,7 @@ impl CustomerService for CustomerApi {
         request: Request<pb::ListCustomersRequest>,
     ) -> Result<Response<Self::ListCustomersStream>, Status> {
         let ctx = self.context(&request)?;
-        let filter = ListFilter::try_from(request.into_inner())?;
+        let ListCustomers { filter } = ListCustomers::try_from(request.into_inner())?;
         let pool = self.pool.clone();
         let start = match filter.resume_after {
             Some(id) => match read_to_end(async move |cancel| {
@@ -340,13 +300,10 @@ impl CustomerService for CustomerApi {
         request: Request<pb::ArchiveCustomerRequest>,
     ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
         let ctx = self.context(&request)?;
-        let request = request.into_inner();
-        let id = domain::parse_id("id", &request.id)?;
+        let command = ChangeState::try_from(request.into_inner())?;
         let pool = self.pool.clone();
-        let customer = to_completion(async move {
-            store::archive(&pool, &ctx, id, conversions::etag(&request.etag)).await
-        })
-        .await?;
+        let customer =
+            to_completion(async move { store::archive(&pool, &ctx, &command).await }).await?;
         Ok(Response::new(pb::ArchiveCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -357,13 +314,10 @@ impl CustomerService for CustomerApi {
         request: Request<pb::DeleteCustomerRequest>,
     ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
         let ctx = self.context(&request)?;
-        let request = request.into_inner();
-        let id = domain::parse_id("id", &request.id)?;
+        let command = ChangeState::try_from(request.into_inner())?;
         let pool = self.pool.clone();
-        let customer = to_completion(async move {
-            store::delete(&pool, &ctx, id, conversions::etag(&request.etag)).await
-        })
-        .await?;
+        let customer =
+            to_completion(async move { store::delete(&pool, &ctx, &command).await }).await?;
         Ok(Response::new(pb::DeleteCustomerResponse {
             customer: Some(customer.into()),
         }))

@@ -21,7 +21,10 @@ use super::{
 };
 use crate::{
     context::RequestContext,
-    domain::{AppId, Customer, CustomerId, ListFilter, Order, Patch, State, ValidFields},
+    domain::{
+        AppId, ChangeState, Customer, CustomerId, ListFilter, Lookup, Order, State, Target,
+        UpdateCustomer, ValidFields,
+    },
     error::{Error, Key},
 };
 
@@ -105,21 +108,49 @@ async fn load_one(
         .pop())
 }
 
-/// Loads a customer for a write, locking its row until the transaction ends
-/// so that the checks and the write see the same row.
-async fn lock_by_id(
+/// Loads the customer a write names, locking its row until the transaction
+/// ends so that the checks and the write see the same row. By external id:
+/// the active customer holding it, else the most recently created archived
+/// customer that held it.
+async fn lock_target(
     conn: &mut AsyncPgConnection,
     app: AppId,
-    id: CustomerId,
+    target: &Target,
 ) -> Result<Customer, Error> {
-    let row = c::table
-        .find((app.0, id.uuid()))
-        .select(CustomerRow::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or(Error::NotFound)?;
+    let row = match target {
+        Target::Id(id) => c::table
+            .find((app.0, id.uuid()))
+            .select(CustomerRow::as_select())
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?,
+        Target::ExternalId(external_id) => {
+            let active = c::table
+                .filter(c::app_id.eq(app.0))
+                .filter(c::state.eq(State::Active.as_str()))
+                .filter(c::external_id.eq(external_id))
+                .select(CustomerRow::as_select())
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?;
+            match active {
+                Some(row) => Some(row),
+                None => c::table
+                    .filter(c::app_id.eq(app.0))
+                    .filter(c::state.eq(State::Archived.as_str()))
+                    .filter(c::external_id.eq(external_id))
+                    .order((c::create_time.desc(), c::id.desc()))
+                    .select(CustomerRow::as_select())
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?,
+            }
+        }
+    };
+    let row = row.ok_or(Error::NotFound)?;
     with_provider_ids(conn, app, vec![row])
         .await?
         .pop()
@@ -159,9 +190,9 @@ async fn insert_provider_ids(
         return Ok(());
     }
     let Some((provider, id)) = pairs.iter().find(|(p, _)| !inserted.contains(p)) else {
-        return Err(Error::Internal(
-            "provider ids: insert count mismatch".into(),
-        ));
+        return Err(Error::internal(anyhow::anyhow!(
+            "provider ids: insert count mismatch"
+        )));
     };
     Err(Error::AlreadyExists {
         key: Key::ProviderId,
@@ -254,14 +285,6 @@ pub async fn create(
     Err(Error::Contention)
 }
 
-/// How GetCustomer finds a customer.
-#[derive(Debug, Clone)]
-pub enum Lookup {
-    Id(CustomerId),
-    ExternalId(String),
-    ProviderId { provider: String, id: String },
-}
-
 /// Reads one customer. `cancel` calls the read off (see [`cancellable`]).
 pub async fn get(
     pool: &Pool,
@@ -323,11 +346,11 @@ enum Opened {
 async fn open_write(
     conn: &mut AsyncPgConnection,
     app: AppId,
-    id: CustomerId,
+    target: &Target,
     etag: Option<&str>,
     write: Write,
 ) -> Result<Opened, Error> {
-    let current = lock_by_id(conn, app, id).await?;
+    let current = lock_target(conn, app, target).await?;
     match (write, current.state) {
         (_, State::Active) | (Write::Delete, State::Archived) => {}
         (Write::Archive, State::Archived) | (Write::Delete, State::Deleted) => {
@@ -336,7 +359,9 @@ async fn open_write(
         (_, State::Archived) => return Err(Error::Archived),
         (_, State::Deleted) => return Err(Error::Deleted),
     }
-    current.check_etag(etag)?;
+    if !current.etag_matches(etag) {
+        return Err(Error::EtagMismatch);
+    }
     Ok(Opened::Proceed(current))
 }
 
@@ -349,14 +374,12 @@ const UPDATE_ATTEMPTS: usize = 3;
 pub async fn update(
     pool: &Pool,
     ctx: &RequestContext,
-    id: CustomerId,
-    etag: Option<&str>,
-    patch: &Patch,
+    command: &UpdateCustomer,
 ) -> Result<Customer, Error> {
     let mut conn = connect(pool, ctx.deadline).await?;
     let mut attempt = 1;
     loop {
-        match update_once(&mut conn, ctx, id, etag, patch).await {
+        match update_once(&mut conn, ctx, command).await {
             // A key taken by a transaction that committed after our check:
             // the next attempt's check sees, and names, its holder.
             Err(Error::AlreadyExists { holder: None, .. }) if attempt < UPDATE_ATTEMPTS => {
@@ -370,18 +393,18 @@ pub async fn update(
 async fn update_once(
     conn: &mut AsyncPgConnection,
     ctx: &RequestContext,
-    id: CustomerId,
-    etag: Option<&str>,
-    patch: &Patch,
+    command: &UpdateCustomer,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
+    let etag = command.etag.as_deref();
     conn.transaction::<_, Error, _>(async |conn| {
         scope(conn, ctx).await?;
-        let current = match open_write(conn, app, id, etag, Write::Update).await? {
+        let current = match open_write(conn, app, &command.target, etag, Write::Update).await? {
             Opened::Proceed(current) | Opened::AlreadyDone(current) => current,
         };
-        let old = current.fields();
-        let new = patch.apply(old.clone()).validate("customer.")?;
+        let id = current.id;
+        let old = current.fields.clone();
+        let new = command.patch.apply(old.clone())?;
         if *new == old {
             return Ok(current);
         }
@@ -443,17 +466,18 @@ async fn update_once(
 pub async fn archive(
     pool: &Pool,
     ctx: &RequestContext,
-    id: CustomerId,
-    etag: Option<&str>,
+    command: &ChangeState,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
+    let etag = command.etag.as_deref();
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         scope(conn, ctx).await?;
-        let current = match open_write(conn, app, id, etag, Write::Archive).await? {
+        let current = match open_write(conn, app, &command.target, etag, Write::Archive).await? {
             Opened::Proceed(current) => current,
             Opened::AlreadyDone(archived) => return Ok(archived),
         };
+        let id = current.id;
         let row = diesel::update(c::table.find((app.0, id.uuid())))
             .set((
                 c::state.eq(State::Archived.as_str()),
@@ -468,7 +492,7 @@ pub async fn archive(
             .set(pids::active.eq(false))
             .execute(conn)
             .await?;
-        row.into_customer(current.provider_ids)
+        row.into_customer(current.fields.provider_ids)
     })
     .await
 }
@@ -477,38 +501,23 @@ pub async fn archive(
 pub async fn delete(
     pool: &Pool,
     ctx: &RequestContext,
-    id: CustomerId,
-    etag: Option<&str>,
+    command: &ChangeState,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
+    let etag = command.etag.as_deref();
     let mut conn = connect(pool, ctx.deadline).await?;
     conn.transaction::<_, Error, _>(async |conn| {
         scope(conn, ctx).await?;
-        if let Opened::AlreadyDone(tombstone) =
-            open_write(conn, app, id, etag, Write::Delete).await?
-        {
-            return Ok(tombstone);
-        }
+        let id = match open_write(conn, app, &command.target, etag, Write::Delete).await? {
+            Opened::Proceed(current) => current.id,
+            Opened::AlreadyDone(tombstone) => return Ok(tombstone),
+        };
         diesel::delete(provider_ids_of(app, id))
             .execute(conn)
             .await?;
-        let none: Option<&str> = None;
         let row = diesel::update(c::table.find((app.0, id.uuid())))
             .set((
-                (
-                    c::external_id.eq(none),
-                    c::email.eq(none),
-                    c::name.eq(none),
-                    c::phone.eq(none),
-                    c::address_line1.eq(none),
-                    c::address_line2.eq(none),
-                    c::address_city.eq(none),
-                    c::address_state.eq(none),
-                    c::address_postal_code.eq(none),
-                    c::address_country.eq(none),
-                    c::timezone.eq(none),
-                    c::metadata.eq(serde_json::json!({})),
-                ),
+                CustomerColumns::erased(),
                 c::state.eq(State::Deleted.as_str()),
                 c::delete_time.eq(now),
                 c::update_time.eq(now),
@@ -599,8 +608,7 @@ pub async fn list_batch(
         query = query.filter(c::create_time.lt(t));
     }
     if !filter.metadata.is_empty() {
-        let wanted =
-            serde_json::to_value(&filter.metadata).map_err(|e| Error::Internal(e.to_string()))?;
+        let wanted = serde_json::to_value(&filter.metadata).map_err(Error::internal)?;
         query = query.filter(c::metadata.contains(wanted));
     }
     let descending = filter.order == Order::Descending;

@@ -104,7 +104,7 @@ pub async fn connect(pool: &Pool, deadline: Option<Instant>) -> Result<Connectio
         PoolError::Backend(ManagerError::ConnectionError(e)) => Error::Unavailable(e.to_string()),
         PoolError::Backend(ManagerError::QueryError(e)) => Error::Unavailable(e.to_string()),
         PoolError::Closed => Error::Unavailable("the connection pool is closed".into()),
-        other => Error::Internal(other.to_string()),
+        other => Error::internal(other),
     })
 }
 
@@ -220,7 +220,7 @@ impl From<DieselError> for Error {
                     Some("customers_email_key") => Key::Email,
                     Some("customers_external_id_key") => Key::ExternalId,
                     Some("customer_provider_ids_key") => Key::ProviderId,
-                    _ => return Error::Internal(e.to_string()),
+                    _ => return Error::internal(e),
                 };
                 Error::AlreadyExists { key, holder: None }
             }
@@ -247,7 +247,7 @@ impl From<DieselError> for Error {
             {
                 Error::Unavailable(info.message().to_owned())
             }
-            _ => Error::Internal(e.to_string()),
+            _ => Error::internal(e),
         }
     }
 }

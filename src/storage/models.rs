@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::schema::{customer_provider_ids, customers};
 use crate::{
-    domain::{Address, AppId, Customer, CustomerId, State, ValidFields},
+    domain::{Address, AppId, Customer, CustomerFields, CustomerId, State, ValidFields},
     error::Error,
 };
 
@@ -39,33 +39,58 @@ pub struct CustomerRow {
 impl CustomerRow {
     /// The domain customer, given its provider ids.
     pub fn into_customer(self, provider_ids: BTreeMap<String, String>) -> Result<Customer, Error> {
-        let state = State::from_db(&self.state)
-            .ok_or_else(|| Error::Internal(format!("unknown state {:?}", self.state)))?;
-        let metadata = serde_json::from_value(self.metadata)
-            .map_err(|e| Error::Internal(format!("metadata is not a string map: {e}")))?;
-        Ok(Customer {
-            id: CustomerId::from_uuid(self.id),
-            state,
-            external_id: self.external_id,
-            email: self.email,
-            name: self.name,
-            phone: self.phone,
-            address: Address {
-                line1: self.address_line1,
-                line2: self.address_line2,
-                city: self.address_city,
-                state: self.address_state,
-                postal_code: self.address_postal_code,
-                country: self.address_country,
-            },
-            timezone: self.timezone,
+        // Every column, named: a new one does not compile until it is read.
+        let CustomerRow {
+            id,
+            external_id,
+            email,
+            name,
+            phone,
+            address_line1,
+            address_line2,
+            address_city,
+            address_state,
+            address_postal_code,
+            address_country,
+            timezone,
             metadata,
-            provider_ids,
-            revision: self.revision,
-            create_time: self.create_time,
-            update_time: self.update_time,
-            archive_time: self.archive_time,
-            delete_time: self.delete_time,
+            state,
+            revision,
+            create_time,
+            update_time,
+            archive_time,
+            delete_time,
+        } = self;
+        let state = State::from_db(&state)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown state {state:?}")))?;
+        let metadata = serde_json::from_value(metadata).map_err(|e| {
+            Error::internal(anyhow::Error::new(e).context("metadata is not a string map"))
+        })?;
+        Ok(Customer {
+            id: CustomerId::from_uuid(id),
+            state,
+            fields: CustomerFields {
+                external_id,
+                email: email.unwrap_or_default(),
+                name,
+                phone,
+                address: Address {
+                    line1: address_line1,
+                    line2: address_line2,
+                    city: address_city,
+                    state: address_state,
+                    postal_code: address_postal_code,
+                    country: address_country,
+                },
+                timezone,
+                metadata,
+                provider_ids,
+            },
+            revision,
+            create_time,
+            update_time,
+            archive_time,
+            delete_time,
         })
     }
 }
@@ -91,20 +116,58 @@ pub struct CustomerColumns<'a> {
 
 impl<'a> CustomerColumns<'a> {
     pub fn new(fields: &'a ValidFields) -> Self {
-        let a = &fields.address;
+        // Every field, named: a new one does not compile until it is stored.
+        // (Provider ids live in their own table.)
+        let CustomerFields {
+            external_id,
+            email,
+            name,
+            phone,
+            address,
+            timezone,
+            metadata,
+            provider_ids: _,
+        } = &**fields;
+        let Address {
+            line1,
+            line2,
+            city,
+            state,
+            postal_code,
+            country,
+        } = address;
         Self {
-            external_id: fields.external_id.as_deref(),
-            email: Some(&fields.email),
-            name: fields.name.as_deref(),
-            phone: fields.phone.as_deref(),
-            address_line1: a.line1.as_deref(),
-            address_line2: a.line2.as_deref(),
-            address_city: a.city.as_deref(),
-            address_state: a.state.as_deref(),
-            address_postal_code: a.postal_code.as_deref(),
-            address_country: a.country.as_deref(),
-            timezone: fields.timezone.as_deref(),
-            metadata: serde_json::to_value(&fields.metadata).unwrap_or_default(),
+            external_id: external_id.as_deref(),
+            email: Some(email),
+            name: name.as_deref(),
+            phone: phone.as_deref(),
+            address_line1: line1.as_deref(),
+            address_line2: line2.as_deref(),
+            address_city: city.as_deref(),
+            address_state: state.as_deref(),
+            address_postal_code: postal_code.as_deref(),
+            address_country: country.as_deref(),
+            timezone: timezone.as_deref(),
+            metadata: serde_json::to_value(metadata).unwrap_or_default(),
+        }
+    }
+
+    /// Every writable column emptied: what DeleteCustomer leaves. A new
+    /// column does not compile until it is erased here too.
+    pub fn erased() -> Self {
+        Self {
+            external_id: None,
+            email: None,
+            name: None,
+            phone: None,
+            address_line1: None,
+            address_line2: None,
+            address_city: None,
+            address_state: None,
+            address_postal_code: None,
+            address_country: None,
+            timezone: None,
+            metadata: serde_json::json!({}),
         }
     }
 }

@@ -135,6 +135,7 @@ async fn a_create_retried_after_its_email_moved_returns_its_customer() {
                 ..Default::default()
             }),
             update_mask: None,
+            ..Default::default()
         })
         .await
         .unwrap()

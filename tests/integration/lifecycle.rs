@@ -15,6 +15,7 @@ async fn archive(
         .archive_customer(pb::ArchiveCustomerRequest {
             id: id.into(),
             etag: etag.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().customer.unwrap())
@@ -29,6 +30,7 @@ async fn delete(
         .delete_customer(pb::DeleteCustomerRequest {
             id: id.into(),
             etag: etag.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().customer.unwrap())
@@ -175,6 +177,7 @@ async fn retried_conditional_archives_and_deletes_succeed() {
                         ..Default::default()
                     }),
                     update_mask: None,
+                    ..Default::default()
                 })
                 .await,
             Code::FailedPrecondition,

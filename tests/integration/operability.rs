@@ -156,6 +156,7 @@ async fn an_expired_deadline_is_deadline_exceeded_and_cancels_the_query() {
             ..Default::default()
         }),
         update_mask: None,
+        ..Default::default()
     });
     request.set_timeout(Duration::from_millis(500));
     let started = Instant::now();
@@ -190,6 +191,7 @@ async fn a_far_deadline_does_not_lift_the_statement_timeout() {
             ..Default::default()
         }),
         update_mask: None,
+        ..Default::default()
     });
     request.set_timeout(Duration::from_secs(100_000));
     let started = Instant::now();

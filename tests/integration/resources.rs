@@ -427,6 +427,7 @@ async fn errors_stay_small_whatever_the_request_holds() {
                         ..Default::default()
                     }),
                     update_mask: Some(FieldMask { paths }),
+                    ..Default::default()
                 })
                 .await
         }

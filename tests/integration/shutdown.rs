@@ -177,6 +177,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
                         ..Default::default()
                     }),
                     update_mask: None,
+                    ..Default::default()
                 })
                 .await
         })

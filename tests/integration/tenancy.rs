@@ -240,6 +240,7 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
             update_mask: Some(FieldMask {
                 paths: vec!["external_id".into(), "provider_ids".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -264,6 +265,7 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
                 ..Default::default()
             }),
             update_mask: None,
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -273,6 +275,7 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
         a.archive_customer(pb::ArchiveCustomerRequest {
             id: theirs.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -282,6 +285,7 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
         a.delete_customer(pb::DeleteCustomerRequest {
             id: theirs.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await,
         Code::NotFound,

@@ -16,6 +16,7 @@ async fn update(
         .update_customer(pb::UpdateCustomerRequest {
             customer: Some(customer),
             update_mask,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().customer.unwrap())
@@ -254,6 +255,7 @@ async fn archived_and_deleted_customers_cannot_be_updated() {
         .archive_customer(pb::ArchiveCustomerRequest {
             id: archived.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -261,6 +263,7 @@ async fn archived_and_deleted_customers_cannot_be_updated() {
         .delete_customer(pb::DeleteCustomerRequest {
             id: deleted.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -303,6 +306,7 @@ async fn racing_updates_to_one_email_name_the_holder() {
                     .update_customer(pb::UpdateCustomerRequest {
                         customer: Some(p),
                         update_mask: None,
+                        ..Default::default()
                     })
                     .await
                     .map(|r| r.into_inner().customer.unwrap())

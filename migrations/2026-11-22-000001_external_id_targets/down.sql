@@ -1,0 +1,1 @@
+DROP INDEX customers_external_id_idx;
