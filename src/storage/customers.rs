@@ -319,10 +319,10 @@ pub async fn get(
     .await
 }
 
-/// Which write [`open_write`] opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Write {
-    Update,
+/// A write to an existing customer.
+#[derive(Debug, Clone, Copy)]
+enum Write<'a> {
+    Update(&'a UpdateCustomer),
     Archive,
     Delete,
 }
@@ -348,7 +348,7 @@ async fn open_write(
     app: AppId,
     target: &Target,
     etag: Option<&str>,
-    write: Write,
+    write: Write<'_>,
 ) -> Result<Opened, Error> {
     let current = lock_target(conn, app, target).await?;
     match (write, current.state) {
@@ -365,24 +365,44 @@ async fn open_write(
     Ok(Opened::Proceed(current))
 }
 
-/// How often UpdateCustomer retries after a unique violation whose holder
+/// How often a write retries after a unique violation whose holder
 /// committed during its transaction, so that the retry can name it.
-const UPDATE_ATTEMPTS: usize = 3;
+const WRITE_ATTEMPTS: usize = 3;
 
-/// Applies `patch` to an active customer, under a row lock so that the etag
-/// check, the merge and the write see the same row.
-pub async fn update(
+/// The one path of every write to an existing customer (Update, Archive,
+/// Delete): a pooled connection, a transaction scoped to the call, the
+/// customer's row locked and its state then etag checked ([`open_write`]),
+/// then the write itself. A customer already where the write would take it
+/// is returned unchanged.
+async fn write_existing(
     pool: &Pool,
     ctx: &RequestContext,
-    command: &UpdateCustomer,
+    target: &Target,
+    etag: Option<&str>,
+    write: Write<'_>,
 ) -> Result<Customer, Error> {
+    let app = ctx.app;
     let mut conn = connect(pool, ctx.deadline).await?;
     let mut attempt = 1;
     loop {
-        match update_once(&mut conn, ctx, command).await {
+        let result = conn
+            .transaction::<_, Error, _>(async |conn| {
+                scope(conn, ctx).await?;
+                let current = match open_write(conn, app, target, etag, write).await? {
+                    Opened::Proceed(current) => current,
+                    Opened::AlreadyDone(current) => return Ok(current),
+                };
+                match write {
+                    Write::Update(command) => update_row(conn, app, current, command).await,
+                    Write::Archive => archive_row(conn, app, current).await,
+                    Write::Delete => delete_row(conn, app, current).await,
+                }
+            })
+            .await;
+        match result {
             // A key taken by a transaction that committed after our check:
             // the next attempt's check sees, and names, its holder.
-            Err(Error::AlreadyExists { holder: None, .. }) if attempt < UPDATE_ATTEMPTS => {
+            Err(Error::AlreadyExists { holder: None, .. }) if attempt < WRITE_ATTEMPTS => {
                 attempt += 1;
             }
             result => return result,
@@ -390,76 +410,14 @@ pub async fn update(
     }
 }
 
-async fn update_once(
-    conn: &mut AsyncPgConnection,
+/// Applies an update's patch to an active customer.
+pub async fn update(
+    pool: &Pool,
     ctx: &RequestContext,
     command: &UpdateCustomer,
 ) -> Result<Customer, Error> {
-    let app = ctx.app;
     let etag = command.etag.as_deref();
-    conn.transaction::<_, Error, _>(async |conn| {
-        scope(conn, ctx).await?;
-        let current = match open_write(conn, app, &command.target, etag, Write::Update).await? {
-            Opened::Proceed(current) | Opened::AlreadyDone(current) => current,
-        };
-        let id = current.id;
-        let old = current.fields.clone();
-        let new = command.patch.apply(old.clone())?;
-        if *new == old {
-            return Ok(current);
-        }
-
-        // Name the holder of a taken key; the unique indexes still decide.
-        if !new.email.eq_ignore_ascii_case(&old.email)
-            && let Some(holder) = id_holding(conn, active_by_email(app, &new.email)).await?
-            && holder != id
-        {
-            return Err(Error::AlreadyExists {
-                key: Key::Email,
-                holder: Some(holder),
-            });
-        }
-        if let Some(external_id) = &new.external_id
-            && new.external_id != old.external_id
-            && let Some(holder) = id_holding(conn, active_by_external_id(app, external_id)).await?
-        {
-            return Err(Error::AlreadyExists {
-                key: Key::ExternalId,
-                holder: Some(holder),
-            });
-        }
-
-        let row = diesel::update(c::table.find((app.0, id.uuid())))
-            .set((
-                CustomerColumns::new(&new),
-                c::revision.eq(c::revision + 1),
-                c::update_time.eq(now),
-            ))
-            .returning(CustomerRow::as_returning())
-            .get_result(conn)
-            .await?;
-
-        if new.provider_ids != old.provider_ids {
-            let gone: Vec<&String> = old
-                .provider_ids
-                .iter()
-                .filter(|(p, v)| new.provider_ids.get(*p) != Some(*v))
-                .map(|(p, _)| p)
-                .collect();
-            diesel::delete(provider_ids_of(app, id).filter(pids::provider.eq_any(gone)))
-                .execute(conn)
-                .await?;
-            let added: BTreeMap<String, String> = new
-                .provider_ids
-                .iter()
-                .filter(|(p, v)| old.provider_ids.get(*p) != Some(*v))
-                .map(|(p, v)| (p.clone(), v.clone()))
-                .collect();
-            insert_provider_ids(conn, app, id, &added).await?;
-        }
-        row.into_customer(new.provider_ids.clone())
-    })
-    .await
+    write_existing(pool, ctx, &command.target, etag, Write::Update(command)).await
 }
 
 /// Archives an active customer: its data stays, its keys are released.
@@ -468,33 +426,8 @@ pub async fn archive(
     ctx: &RequestContext,
     command: &ChangeState,
 ) -> Result<Customer, Error> {
-    let app = ctx.app;
     let etag = command.etag.as_deref();
-    let mut conn = connect(pool, ctx.deadline).await?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        scope(conn, ctx).await?;
-        let current = match open_write(conn, app, &command.target, etag, Write::Archive).await? {
-            Opened::Proceed(current) => current,
-            Opened::AlreadyDone(archived) => return Ok(archived),
-        };
-        let id = current.id;
-        let row = diesel::update(c::table.find((app.0, id.uuid())))
-            .set((
-                c::state.eq(State::Archived.as_str()),
-                c::archive_time.eq(now),
-                c::update_time.eq(now),
-                c::revision.eq(c::revision + 1),
-            ))
-            .returning(CustomerRow::as_returning())
-            .get_result(conn)
-            .await?;
-        diesel::update(provider_ids_of(app, id))
-            .set(pids::active.eq(false))
-            .execute(conn)
-            .await?;
-        row.into_customer(current.fields.provider_ids)
-    })
-    .await
+    write_existing(pool, ctx, &command.target, etag, Write::Archive).await
 }
 
 /// Erases a customer's personal data, leaving a tombstone.
@@ -503,32 +436,118 @@ pub async fn delete(
     ctx: &RequestContext,
     command: &ChangeState,
 ) -> Result<Customer, Error> {
-    let app = ctx.app;
     let etag = command.etag.as_deref();
-    let mut conn = connect(pool, ctx.deadline).await?;
-    conn.transaction::<_, Error, _>(async |conn| {
-        scope(conn, ctx).await?;
-        let id = match open_write(conn, app, &command.target, etag, Write::Delete).await? {
-            Opened::Proceed(current) => current.id,
-            Opened::AlreadyDone(tombstone) => return Ok(tombstone),
-        };
-        diesel::delete(provider_ids_of(app, id))
+    write_existing(pool, ctx, &command.target, etag, Write::Delete).await
+}
+
+async fn update_row(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    current: Customer,
+    command: &UpdateCustomer,
+) -> Result<Customer, Error> {
+    let id = current.id;
+    let old = current.fields.clone();
+    let new = command.patch.apply(old.clone())?;
+    if *new == old {
+        return Ok(current);
+    }
+
+    // Name the holder of a taken key; the unique indexes still decide.
+    if !new.email.eq_ignore_ascii_case(&old.email)
+        && let Some(holder) = id_holding(conn, active_by_email(app, &new.email)).await?
+        && holder != id
+    {
+        return Err(Error::AlreadyExists {
+            key: Key::Email,
+            holder: Some(holder),
+        });
+    }
+    if let Some(external_id) = &new.external_id
+        && new.external_id != old.external_id
+        && let Some(holder) = id_holding(conn, active_by_external_id(app, external_id)).await?
+    {
+        return Err(Error::AlreadyExists {
+            key: Key::ExternalId,
+            holder: Some(holder),
+        });
+    }
+
+    let row = diesel::update(c::table.find((app.0, id.uuid())))
+        .set((
+            CustomerColumns::new(&new),
+            c::revision.eq(c::revision + 1),
+            c::update_time.eq(now),
+        ))
+        .returning(CustomerRow::as_returning())
+        .get_result(conn)
+        .await?;
+
+    if new.provider_ids != old.provider_ids {
+        let gone: Vec<&String> = old
+            .provider_ids
+            .iter()
+            .filter(|(p, v)| new.provider_ids.get(*p) != Some(*v))
+            .map(|(p, _)| p)
+            .collect();
+        diesel::delete(provider_ids_of(app, id).filter(pids::provider.eq_any(gone)))
             .execute(conn)
             .await?;
-        let row = diesel::update(c::table.find((app.0, id.uuid())))
-            .set((
-                CustomerColumns::erased(),
-                c::state.eq(State::Deleted.as_str()),
-                c::delete_time.eq(now),
-                c::update_time.eq(now),
-                c::revision.eq(c::revision + 1),
-            ))
-            .returning(CustomerRow::as_returning())
-            .get_result(conn)
-            .await?;
-        row.into_customer(BTreeMap::new())
-    })
-    .await
+        let added: BTreeMap<String, String> = new
+            .provider_ids
+            .iter()
+            .filter(|(p, v)| old.provider_ids.get(*p) != Some(*v))
+            .map(|(p, v)| (p.clone(), v.clone()))
+            .collect();
+        insert_provider_ids(conn, app, id, &added).await?;
+    }
+    row.into_customer(new.provider_ids.clone())
+}
+
+async fn archive_row(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    current: Customer,
+) -> Result<Customer, Error> {
+    let id = current.id;
+    let row = diesel::update(c::table.find((app.0, id.uuid())))
+        .set((
+            c::state.eq(State::Archived.as_str()),
+            c::archive_time.eq(now),
+            c::update_time.eq(now),
+            c::revision.eq(c::revision + 1),
+        ))
+        .returning(CustomerRow::as_returning())
+        .get_result(conn)
+        .await?;
+    diesel::update(provider_ids_of(app, id))
+        .set(pids::active.eq(false))
+        .execute(conn)
+        .await?;
+    row.into_customer(current.fields.provider_ids)
+}
+
+async fn delete_row(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    current: Customer,
+) -> Result<Customer, Error> {
+    let id = current.id;
+    diesel::delete(provider_ids_of(app, id))
+        .execute(conn)
+        .await?;
+    let row = diesel::update(c::table.find((app.0, id.uuid())))
+        .set((
+            CustomerColumns::erased(),
+            c::state.eq(State::Deleted.as_str()),
+            c::delete_time.eq(now),
+            c::update_time.eq(now),
+            c::revision.eq(c::revision + 1),
+        ))
+        .returning(CustomerRow::as_returning())
+        .get_result(conn)
+        .await?;
+    row.into_customer(BTreeMap::new())
 }
 
 /// A position in the (create_time, id) order of a listing.

@@ -1,7 +1,6 @@
-//! The gRPC handlers of `customers.v1.CustomerService`. Each one: the
-//! call's context (app, deadline), the parse step (`wire::requests`: the
-//! request becomes a typed command, or INVALID_ARGUMENT), the storage call,
-//! the conversion back. Statuses are chosen in `wire::status`.
+//! ListCustomers' server stream: keyset batches read into a buffer bounded
+//! in messages and bytes, per-app stream limits, and the ways a stream ends
+//! early (client gone, shutdown, deadline, a client that stopped reading).
 
 use std::{
     collections::HashMap,
@@ -23,19 +22,15 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
+use super::CustomerApi;
 use crate::{
     context::RequestContext,
-    domain::{
-        AppId, ChangeState, CreateCustomer, GetCustomer, ListCustomers, ListFilter, UpdateCustomer,
-    },
+    domain::{AppId, ListFilter},
     error::Error,
-    pb::{self, customer_service_server::CustomerService},
-    storage::{
-        Pool,
-        customers::{self as store, Position},
-    },
+    pb,
+    storage::customers::{self as store, Position},
 };
 
 /// How ListCustomers reads.
@@ -68,7 +63,7 @@ impl Default for StreamOptions {
 }
 
 /// Rows of a stream's first batch, before the size of its rows is known.
-const FIRST_BATCH_ROWS: usize = 32;
+const FIRST_BATCH_ROWS: usize = 16;
 
 /// Counters of ListCustomers streams in this process.
 #[derive(Debug, Default)]
@@ -85,7 +80,7 @@ pub struct StreamStats {
 }
 
 /// Open streams per app, to hold each app to its limit.
-type StreamsPerApp = Arc<Mutex<HashMap<AppId, u32>>>;
+pub(super) type StreamsPerApp = Arc<Mutex<HashMap<AppId, u32>>>;
 
 /// A stream counted as open (overall and for its app) while it lives.
 struct OpenStream {
@@ -125,203 +120,38 @@ impl Drop for OpenStream {
     }
 }
 
-/// The service's state: nothing but shared handles, so any replica can serve
-/// any call.
-#[derive(Clone)]
-pub struct CustomerApi {
-    pool: Pool,
-    stream: StreamOptions,
-    /// `--statement-timeout`: the most any statement may take.
-    statement_limit: Duration,
-    /// Cancelled when the server shuts down: open streams end.
-    shutdown: CancellationToken,
-    stats: Arc<StreamStats>,
-    per_app: StreamsPerApp,
-}
-
-impl CustomerApi {
-    pub fn new(
-        pool: Pool,
-        stream: StreamOptions,
-        statement_limit: Duration,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            pool,
-            stream,
-            statement_limit,
-            shutdown,
-            stats: Arc::default(),
-            per_app: Arc::default(),
-        }
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    pub fn stream_stats(&self) -> Arc<StreamStats> {
-        self.stats.clone()
-    }
-
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    fn context<T>(&self, request: &Request<T>) -> Result<RequestContext, Error> {
-        RequestContext::of(request, self.statement_limit)
-    }
-}
-
-/// Runs a write in its own task, so that a client that goes away cannot
-/// cancel it halfway (a cancelled transaction future leaves its connection
-/// in an unknown state).
-async fn to_completion<T: Send + 'static>(
-    write: impl Future<Output = Result<T, Error>> + Send + 'static,
-) -> Result<T, Status> {
-    match tokio::spawn(write).await {
-        Ok(result) => result.map_err(Status::from),
-        Err(e) => Err(Error::internal(e).into()),
-    }
-}
-
-/// Runs a read in its own task. If the caller goes away (this future is
-/// dropped), the read's token fires: the task cancels the query in
-/// PostgreSQL and waits for it to stop before its connection goes back to
-/// the pool (see [`crate::storage::cancellable`]).
-async fn read_to_end<T, Fut>(read: impl FnOnce(CancellationToken) -> Fut) -> Result<T, Status>
-where
-    T: Send + 'static,
-    Fut: Future<Output = Result<T, Error>> + Send + 'static,
-{
-    let cancel = CancellationToken::new();
-    let _cancel_on_drop = cancel.clone().drop_guard();
-    to_completion(read(cancel)).await
-}
-
-#[tonic::async_trait]
-impl CustomerService for CustomerApi {
-    async fn create_customer(
-        &self,
-        request: Request<pb::CreateCustomerRequest>,
-    ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
-        let ctx = self.context(&request)?;
-        let command = CreateCustomer::try_from(request.into_inner())?;
-        let pool = self.pool.clone();
-        let (customer, created) =
-            to_completion(async move { store::create(&pool, &ctx, &command.fields).await }).await?;
-        Ok(Response::new(pb::CreateCustomerResponse {
-            customer: Some(customer.into()),
-            created,
-        }))
-    }
-
-    async fn get_customer(
-        &self,
-        request: Request<pb::GetCustomerRequest>,
-    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
-        let ctx = self.context(&request)?;
-        let command = GetCustomer::try_from(request.into_inner())?;
-        let pool = self.pool.clone();
-        let customer = read_to_end(async move |cancel| {
-            store::get(&pool, &ctx, &command.lookup, &cancel).await
-        })
-        .await?;
-        Ok(Response::new(pb::GetCustomerResponse {
-            customer: Some(customer.into()),
-        }))
-    }
-
-    async fn update_customer(
-        &self,
-        request: Request<pb::UpdateCustomerRequest>,
-    ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
-        let ctx = self.context(&request)?;
-        let command = UpdateCustomer::try_from(request.into_inner())?;
-        let pool = self.pool.clone();
-        let customer =
-            to_completion(async move { store::update(&pool, &ctx, &command).await }).await?;
-        Ok(Response::new(pb::UpdateCustomerResponse {
-            customer: Some(customer.into()),
-        }))
-    }
-
-    type ListCustomersStream = CustomerStream;
-
-    async fn list_customers(
-        &self,
-        request: Request<pb::ListCustomersRequest>,
-    ) -> Result<Response<Self::ListCustomersStream>, Status> {
-        let ctx = self.context(&request)?;
-        let ListCustomers { filter } = ListCustomers::try_from(request.into_inner())?;
-        let pool = self.pool.clone();
-        let start = match filter.resume_after {
-            Some(id) => match read_to_end(async move |cancel| {
-                store::position_of(&pool, &ctx, id, &cancel).await
-            })
-            .await
-            {
-                Ok(position) => Some(position),
-                Err(status) if status.code() == tonic::Code::NotFound => {
-                    return Err(
-                        Error::invalid("resume_after", "names no customer of this app").into(),
-                    );
-                }
-                Err(status) => return Err(status),
-            },
-            None => None,
-        };
-        let open = OpenStream::open(self, ctx.app)?;
-        let (tx, rx) = mpsc::channel(self.stream.batch_size.max(1));
-        let stalled = CancellationToken::new();
-        tokio::spawn(stream_customers(
-            self.clone(),
-            ctx,
-            filter,
-            start,
-            StreamSender {
-                tx,
-                stalled: stalled.clone(),
-                budget: Arc::new(Semaphore::new(self.stream.buffer_bytes.max(1))),
-                budget_bytes: self.stream.buffer_bytes.max(1),
-            },
-            open,
-        ));
-        Ok(Response::new(CustomerStream {
-            rx,
-            stop: Box::pin(stream_stop(self.shutdown.clone(), ctx.deadline, stalled)),
-            stats: self.stats.clone(),
-            done: false,
-        }))
-    }
-
-    async fn archive_customer(
-        &self,
-        request: Request<pb::ArchiveCustomerRequest>,
-    ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
-        let ctx = self.context(&request)?;
-        let command = ChangeState::try_from(request.into_inner())?;
-        let pool = self.pool.clone();
-        let customer =
-            to_completion(async move { store::archive(&pool, &ctx, &command).await }).await?;
-        Ok(Response::new(pb::ArchiveCustomerResponse {
-            customer: Some(customer.into()),
-        }))
-    }
-
-    async fn delete_customer(
-        &self,
-        request: Request<pb::DeleteCustomerRequest>,
-    ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
-        let ctx = self.context(&request)?;
-        let command = ChangeState::try_from(request.into_inner())?;
-        let pool = self.pool.clone();
-        let customer =
-            to_completion(async move { store::delete(&pool, &ctx, &command).await }).await?;
-        Ok(Response::new(pb::DeleteCustomerResponse {
-            customer: Some(customer.into()),
-        }))
-    }
+/// Opens a ListCustomers stream for `ctx`'s app (unless the app is at its
+/// limit), starting after `start`: spawns its reader and returns the
+/// response side.
+pub(super) fn start(
+    api: &CustomerApi,
+    ctx: RequestContext,
+    filter: ListFilter,
+    start: Option<Position>,
+) -> Result<CustomerStream, Error> {
+    let open = OpenStream::open(api, ctx.app)?;
+    let (tx, rx) = mpsc::channel(api.stream.batch_size.max(1));
+    let stalled = CancellationToken::new();
+    let budget_bytes = api.stream.buffer_bytes.max(1);
+    tokio::spawn(stream_customers(
+        api.clone(),
+        ctx,
+        filter,
+        start,
+        StreamSender {
+            tx,
+            stalled: stalled.clone(),
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
+        },
+        open,
+    ));
+    Ok(CustomerStream {
+        rx,
+        stop: Box::pin(stream_stop(api.shutdown.clone(), ctx.deadline, stalled)),
+        stats: api.stats.clone(),
+        done: false,
+    })
 }
 
 type StreamItem = Result<pb::ListCustomersResponse, Status>;

@@ -1,0 +1,200 @@
+//! The gRPC handlers of `customers.v1.CustomerService`. Each one: the
+//! call's context (app, deadline), the parse step (`wire::requests`: the
+//! request becomes a typed command, or INVALID_ARGUMENT), the storage call,
+//! the conversion back. Statuses are chosen in `wire::status`.
+
+mod stream;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub use stream::{CustomerStream, StreamOptions, StreamStats};
+
+use crate::{
+    context::RequestContext,
+    domain::{ChangeState, CreateCustomer, GetCustomer, ListCustomers, UpdateCustomer},
+    error::Error,
+    pb::{self, customer_service_server::CustomerService},
+    storage::{Pool, customers as store},
+};
+use stream::StreamsPerApp;
+
+/// The service's state: nothing but shared handles, so any replica can serve
+/// any call.
+#[derive(Clone)]
+pub struct CustomerApi {
+    pool: Pool,
+    stream: StreamOptions,
+    /// `--statement-timeout`: the most any statement may take.
+    statement_limit: Duration,
+    /// Cancelled when the server shuts down: open streams end.
+    shutdown: CancellationToken,
+    stats: Arc<StreamStats>,
+    per_app: StreamsPerApp,
+}
+
+impl CustomerApi {
+    pub fn new(
+        pool: Pool,
+        stream: StreamOptions,
+        statement_limit: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            stream,
+            statement_limit,
+            shutdown,
+            stats: Arc::default(),
+            per_app: Arc::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn stream_stats(&self) -> Arc<StreamStats> {
+        self.stats.clone()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    fn context<T>(&self, request: &Request<T>) -> Result<RequestContext, Error> {
+        RequestContext::of(request, self.statement_limit)
+    }
+}
+
+/// Runs a write in its own task, so that a client that goes away cannot
+/// cancel it halfway (a cancelled transaction future leaves its connection
+/// in an unknown state).
+async fn to_completion<T: Send + 'static>(
+    write: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(write).await {
+        Ok(result) => result.map_err(Status::from),
+        Err(e) => Err(Error::internal(e).into()),
+    }
+}
+
+/// Runs a read in its own task. If the caller goes away (this future is
+/// dropped), the read's token fires: the task cancels the query in
+/// PostgreSQL and waits for it to stop before its connection goes back to
+/// the pool (see [`crate::storage::cancellable`]).
+async fn read_to_end<T, Fut>(read: impl FnOnce(CancellationToken) -> Fut) -> Result<T, Status>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let _cancel_on_drop = cancel.clone().drop_guard();
+    to_completion(read(cancel)).await
+}
+
+#[tonic::async_trait]
+impl CustomerService for CustomerApi {
+    async fn create_customer(
+        &self,
+        request: Request<pb::CreateCustomerRequest>,
+    ) -> Result<Response<pb::CreateCustomerResponse>, Status> {
+        let ctx = self.context(&request)?;
+        let command = CreateCustomer::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
+        let (customer, created) =
+            to_completion(async move { store::create(&pool, &ctx, &command.fields).await }).await?;
+        Ok(Response::new(pb::CreateCustomerResponse {
+            customer: Some(customer.into()),
+            created,
+        }))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::GetCustomerResponse>, Status> {
+        let ctx = self.context(&request)?;
+        let command = GetCustomer::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
+        let customer = read_to_end(async move |cancel| {
+            store::get(&pool, &ctx, &command.lookup, &cancel).await
+        })
+        .await?;
+        Ok(Response::new(pb::GetCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+
+    async fn update_customer(
+        &self,
+        request: Request<pb::UpdateCustomerRequest>,
+    ) -> Result<Response<pb::UpdateCustomerResponse>, Status> {
+        let ctx = self.context(&request)?;
+        let command = UpdateCustomer::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
+        let customer =
+            to_completion(async move { store::update(&pool, &ctx, &command).await }).await?;
+        Ok(Response::new(pb::UpdateCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+
+    type ListCustomersStream = CustomerStream;
+
+    async fn list_customers(
+        &self,
+        request: Request<pb::ListCustomersRequest>,
+    ) -> Result<Response<Self::ListCustomersStream>, Status> {
+        let ctx = self.context(&request)?;
+        let ListCustomers { filter } = ListCustomers::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
+        let start = match filter.resume_after {
+            Some(id) => match read_to_end(async move |cancel| {
+                store::position_of(&pool, &ctx, id, &cancel).await
+            })
+            .await
+            {
+                Ok(position) => Some(position),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    return Err(
+                        Error::invalid("resume_after", "names no customer of this app").into(),
+                    );
+                }
+                Err(status) => return Err(status),
+            },
+            None => None,
+        };
+        Ok(Response::new(stream::start(self, ctx, filter, start)?))
+    }
+
+    async fn archive_customer(
+        &self,
+        request: Request<pb::ArchiveCustomerRequest>,
+    ) -> Result<Response<pb::ArchiveCustomerResponse>, Status> {
+        let ctx = self.context(&request)?;
+        let command = ChangeState::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
+        let customer =
+            to_completion(async move { store::archive(&pool, &ctx, &command).await }).await?;
+        Ok(Response::new(pb::ArchiveCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+
+    async fn delete_customer(
+        &self,
+        request: Request<pb::DeleteCustomerRequest>,
+    ) -> Result<Response<pb::DeleteCustomerResponse>, Status> {
+        let ctx = self.context(&request)?;
+        let command = ChangeState::try_from(request.into_inner())?;
+        let pool = self.pool.clone();
+        let customer =
+            to_completion(async move { store::delete(&pool, &ctx, &command).await }).await?;
+        Ok(Response::new(pb::DeleteCustomerResponse {
+            customer: Some(customer.into()),
+        }))
+    }
+}
