@@ -18,7 +18,7 @@ use customers::{
     service::{CustomerApi, StreamOptions, StreamStats},
     storage::{self, Pool, PoolOptions},
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tokio::{net::TcpListener, sync::OnceCell, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -107,8 +107,37 @@ pub fn database_url(db: &str) -> String {
     server_db().url_pattern.replace("{db}", db)
 }
 
-/// A new, migrated, empty database; returns its URL.
-pub async fn fresh_database() -> String {
+/// A database of one test, dropped (`WITH (FORCE)`) when this is.
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = database_url("postgres");
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // A thread and runtime of its own: drop cannot await, and the test's
+        // runtime may be shutting down.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn = AsyncPgConnection::establish(&admin).await?;
+                conn.batch_execute(&sql).await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A new, migrated, empty database, dropped when the result is.
+pub async fn fresh_database() -> TestDatabase {
     let admin = database_url("postgres");
     let template = TEMPLATE
         .get_or_init(|| async {
@@ -126,7 +155,10 @@ pub async fn fresh_database() -> String {
     storage::create_database(&admin, &name, Some(template))
         .await
         .expect("creating a test database");
-    database_url(&name)
+    TestDatabase {
+        url: database_url(&name),
+        name,
+    }
 }
 
 /// Adds an API key to every call.
@@ -181,6 +213,8 @@ pub struct TestService {
     pub stats: Arc<StreamStats>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The test's own database, dropped last.
+    database: Option<TestDatabase>,
 }
 
 pub struct Options {
@@ -227,8 +261,10 @@ impl TestService {
     }
 
     pub async fn start_with(options: Options) -> TestService {
-        let database_url = fresh_database().await;
-        Self::start_on(database_url, options).await
+        let database = fresh_database().await;
+        let mut svc = Self::start_on(database.url.clone(), options).await;
+        svc.database = Some(database);
+        svc
     }
 
     /// Serves against any database URL (even one that does not answer).
@@ -282,6 +318,7 @@ impl TestService {
             stats,
             shutdown,
             task: Some(task),
+            database: None,
         }
     }
 
@@ -430,6 +467,59 @@ pub async fn get_by_id(client: &mut Client, id: &str) -> Result<pb::Customer, St
         })
         .await
         .map(|r| r.into_inner().customer.unwrap())
+}
+
+/// An UpdateCustomer request: `customer` (with its id) and a mask of
+/// `paths` (none: no mask).
+pub fn update_request(customer: pb::Customer, paths: &[&str]) -> pb::UpdateCustomerRequest {
+    pb::UpdateCustomerRequest {
+        customer: Some(customer),
+        update_mask: (!paths.is_empty()).then(|| prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn update(
+    client: &mut Client,
+    customer: pb::Customer,
+    paths: &[&str],
+) -> Result<pb::Customer, Status> {
+    client
+        .update_customer(update_request(customer, paths))
+        .await
+        .map(|r| r.into_inner().customer.unwrap())
+}
+
+pub async fn archive(client: &mut Client, id: &str, etag: &str) -> Result<pb::Customer, Status> {
+    client
+        .archive_customer(pb::ArchiveCustomerRequest {
+            id: id.into(),
+            etag: etag.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().customer.unwrap())
+}
+
+pub async fn delete(client: &mut Client, id: &str, etag: &str) -> Result<pb::Customer, Status> {
+    client
+        .delete_customer(pb::DeleteCustomerRequest {
+            id: id.into(),
+            etag: etag.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().customer.unwrap())
+}
+
+/// The customer of `id` with nothing else set: the base of an update.
+pub fn patch(id: &str) -> pb::Customer {
+    pb::Customer {
+        id: id.to_owned(),
+        ..Default::default()
+    }
 }
 
 /// Drains a ListCustomers stream.

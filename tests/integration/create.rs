@@ -1,3 +1,6 @@
+//! CreateCustomer: every field, idempotency by email and by external id,
+//! taken keys, validation, and concurrent identical creates.
+
 use std::collections::HashSet;
 
 use customers::pb;
@@ -126,22 +129,9 @@ async fn a_create_retried_after_its_email_moved_returns_its_customer() {
     original.external_id = Some("user-1".into());
     let a = create_new(&mut svc.client, original.clone()).await;
 
-    let moved = svc
-        .client
-        .update_customer(pb::UpdateCustomerRequest {
-            customer: Some(pb::Customer {
-                id: a.id.clone(),
-                email: "a2@example.com".into(),
-                ..Default::default()
-            }),
-            update_mask: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer
-        .unwrap();
+    let mut moving = patch(&a.id);
+    moving.email = "a2@example.com".into();
+    let moved = update(&mut svc.client, moving, &[]).await.unwrap();
     let b = create_new(&mut svc.client, customer("a@example.com")).await;
 
     let retry = create(&mut svc.client, original).await.unwrap();

@@ -1,3 +1,5 @@
+//! GetCustomer by id, by external id and by a provider's id.
+
 use customers::pb::{self, get_customer_request::Lookup};
 use tonic::Code;
 

@@ -6,36 +6,6 @@ use tonic::Code;
 
 use crate::common::*;
 
-async fn archive(
-    svc: &mut TestService,
-    id: &str,
-    etag: &str,
-) -> Result<pb::Customer, tonic::Status> {
-    svc.client
-        .archive_customer(pb::ArchiveCustomerRequest {
-            id: id.into(),
-            etag: etag.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().customer.unwrap())
-}
-
-async fn delete(
-    svc: &mut TestService,
-    id: &str,
-    etag: &str,
-) -> Result<pb::Customer, tonic::Status> {
-    svc.client
-        .delete_customer(pb::DeleteCustomerRequest {
-            id: id.into(),
-            etag: etag.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().customer.unwrap())
-}
-
 fn full_customer(email: &str, external_id: &str, stripe: &str) -> pb::Customer {
     pb::Customer {
         external_id: Some(external_id.into()),
@@ -63,7 +33,7 @@ async fn archiving_keeps_data_and_releases_keys() {
         full_customer("lou@example.com", "lou", "cus_lou"),
     )
     .await;
-    let archived = archive(&mut svc, &c.id, &c.etag).await.unwrap();
+    let archived = archive(&mut svc.client, &c.id, &c.etag).await.unwrap();
     assert_eq!(archived.state(), pb::customer::State::Archived);
     assert!(archived.archive_time.is_some());
     assert_ne!(archived.etag, c.etag);
@@ -74,7 +44,7 @@ async fn archiving_keeps_data_and_releases_keys() {
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), archived);
 
     // Again: unchanged.
-    assert_eq!(archive(&mut svc, &c.id, "").await.unwrap(), archived);
+    assert_eq!(archive(&mut svc.client, &c.id, "").await.unwrap(), archived);
 
     // The keys are free: the same sign-up creates a new customer.
     let again = create(
@@ -123,20 +93,20 @@ async fn archive_errors() {
     let mut svc = TestService::start().await;
     let c = create_new(&mut svc.client, customer("mo@example.com")).await;
     assert_error(
-        archive(&mut svc, &c.id, "\"999\"").await,
+        archive(&mut svc.client, &c.id, "\"999\"").await,
         Code::Aborted,
         "ETAG_MISMATCH",
     );
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
     assert_error(
-        archive(&mut svc, "cus_01h2xcejqtf2nbrexx3vqjhp41", "").await,
+        archive(&mut svc.client, "cus_01h2xcejqtf2nbrexx3vqjhp41", "").await,
         Code::NotFound,
         "CUSTOMER_NOT_FOUND",
     );
-    assert_eq!(bad_fields(archive(&mut svc, "", "").await), ["id"]);
-    delete(&mut svc, &c.id, "").await.unwrap();
+    assert_eq!(bad_fields(archive(&mut svc.client, "", "").await), ["id"]);
+    delete(&mut svc.client, &c.id, "").await.unwrap();
     assert_error(
-        archive(&mut svc, &c.id, "").await,
+        archive(&mut svc.client, &c.id, "").await,
         Code::FailedPrecondition,
         "CUSTOMER_DELETED",
     );
@@ -149,37 +119,39 @@ async fn archive_errors() {
 async fn retried_conditional_archives_and_deletes_succeed() {
     let mut svc = TestService::start().await;
     let c = create_new(&mut svc.client, customer("retry@example.com")).await;
-    let archived = archive(&mut svc, &c.id, &c.etag).await.unwrap();
+    let archived = archive(&mut svc.client, &c.id, &c.etag).await.unwrap();
     // The first response was lost; the identical request again.
-    assert_eq!(archive(&mut svc, &c.id, &c.etag).await.unwrap(), archived);
-
-    let deleted = delete(&mut svc, &c.id, &archived.etag).await.unwrap();
     assert_eq!(
-        delete(&mut svc, &c.id, &archived.etag).await.unwrap(),
+        archive(&mut svc.client, &c.id, &c.etag).await.unwrap(),
+        archived
+    );
+
+    let deleted = delete(&mut svc.client, &c.id, &archived.etag)
+        .await
+        .unwrap();
+    assert_eq!(
+        delete(&mut svc.client, &c.id, &archived.etag)
+            .await
+            .unwrap(),
         deleted
     );
-    assert_eq!(delete(&mut svc, &c.id, "\"1\"").await.unwrap(), deleted);
+    assert_eq!(
+        delete(&mut svc.client, &c.id, "\"1\"").await.unwrap(),
+        deleted
+    );
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), deleted);
 
     for stale in [c.etag.as_str(), archived.etag.as_str(), "\"999\""] {
         assert_error(
-            archive(&mut svc, &c.id, stale).await,
+            archive(&mut svc.client, &c.id, stale).await,
             Code::FailedPrecondition,
             "CUSTOMER_DELETED",
         );
+        let mut renaming = patch(&c.id);
+        renaming.name = "x".into();
+        renaming.etag = stale.into();
         assert_error(
-            svc.client
-                .update_customer(pb::UpdateCustomerRequest {
-                    customer: Some(pb::Customer {
-                        id: c.id.clone(),
-                        name: "x".into(),
-                        etag: stale.into(),
-                        ..Default::default()
-                    }),
-                    update_mask: None,
-                    ..Default::default()
-                })
-                .await,
+            update(&mut svc.client, renaming, &[]).await,
             Code::FailedPrecondition,
             "CUSTOMER_DELETED",
         );
@@ -208,7 +180,7 @@ async fn deleting_erases_personal_data_and_leaves_a_tombstone() {
     )
     .await;
 
-    let tombstone = delete(&mut svc, &c.id, &c.etag).await.unwrap();
+    let tombstone = delete(&mut svc.client, &c.id, &c.etag).await.unwrap();
     assert_eq!(tombstone.state(), pb::customer::State::Deleted);
     assert_eq!(tombstone.id, c.id);
     assert!(tombstone.delete_time.is_some());
@@ -228,7 +200,7 @@ async fn deleting_erases_personal_data_and_leaves_a_tombstone() {
     );
     // The id still resolves; deleting again returns the same tombstone.
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), tombstone);
-    assert_eq!(delete(&mut svc, &c.id, "").await.unwrap(), tombstone);
+    assert_eq!(delete(&mut svc.client, &c.id, "").await.unwrap(), tombstone);
 
     // In the database itself, nothing personal is left.
     let mut conn = svc.sql().await;
@@ -264,20 +236,23 @@ async fn delete_errors() {
     let mut svc = TestService::start().await;
     let c = create_new(&mut svc.client, customer("ola@example.com")).await;
     assert_error(
-        delete(&mut svc, &c.id, "\"0\"").await,
+        delete(&mut svc.client, &c.id, "\"0\"").await,
         Code::Aborted,
         "ETAG_MISMATCH",
     );
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
     assert_error(
-        delete(&mut svc, "cus_01h2xcejqtf2nbrexx3vqjhp41", "").await,
+        delete(&mut svc.client, "cus_01h2xcejqtf2nbrexx3vqjhp41", "").await,
         Code::NotFound,
         "CUSTOMER_NOT_FOUND",
     );
-    assert_eq!(bad_fields(delete(&mut svc, "cus_", "").await), ["id"]);
+    assert_eq!(
+        bad_fields(delete(&mut svc.client, "cus_", "").await),
+        ["id"]
+    );
     // Archived customers can be erased too.
-    archive(&mut svc, &c.id, "").await.unwrap();
-    let gone = delete(&mut svc, &c.id, "").await.unwrap();
+    archive(&mut svc.client, &c.id, "").await.unwrap();
+    let gone = delete(&mut svc.client, &c.id, "").await.unwrap();
     assert_eq!(gone.state(), pb::customer::State::Deleted);
     assert!(gone.archive_time.is_some());
 }

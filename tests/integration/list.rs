@@ -215,81 +215,87 @@ async fn filters_narrow_the_stream() {
         // Distinct create times for the time filters.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let emails = |v: Vec<pb::Customer>| v.into_iter().map(|c| c.email).collect::<Vec<_>>();
-    let mut run =
-        async |r: pb::ListCustomersRequest| emails(list(&mut svc.client, r).await.unwrap());
-
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            email: "BEN@ACME.COM".into(),
-            ..Default::default()
-        })
-        .await,
-        ["ben@acme.com"]
-    );
-    // Query matches email or name, case-insensitively.
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            query: "ACME".into(),
-            ..Default::default()
-        })
-        .await,
-        ["ann@acme.com", "ben@acme.com", "cat@globex.com"]
-    );
-    // LIKE wildcards in the query match literally.
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            query: "0%_b".into(),
-            ..Default::default()
-        })
-        .await,
-        ["ben@acme.com"]
-    );
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            query: "%".into(),
-            ..Default::default()
-        })
-        .await,
-        ["ben@acme.com"]
-    );
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            metadata: [("team", "red"), ("env", "prod")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .into(),
-            ..Default::default()
-        })
-        .await,
-        ["ann@acme.com", "cat@globex.com"]
-    );
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            created_after: ids[0].create_time,
-            created_before: ids[3].create_time,
-            ..Default::default()
-        })
-        .await,
-        ["ben@acme.com", "cat@globex.com"]
-    );
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            order: Order::CreateTimeDesc as i32,
-            limit: 2,
-            ..Default::default()
-        })
-        .await,
-        ["dee@globex.com", "cat@globex.com"]
-    );
-    assert_eq!(
-        run(pb::ListCustomersRequest {
-            limit: 1,
-            resume_after: ids[1].id.clone(),
-            ..Default::default()
-        })
-        .await,
-        ["cat@globex.com"]
-    );
+    let default = pb::ListCustomersRequest::default;
+    let cases: Vec<(&str, pb::ListCustomersRequest, &[&str])> = vec![
+        (
+            "exact email, case-insensitive",
+            pb::ListCustomersRequest {
+                email: "BEN@ACME.COM".into(),
+                ..default()
+            },
+            &["ben@acme.com"],
+        ),
+        (
+            "query over email or name, case-insensitive",
+            pb::ListCustomersRequest {
+                query: "ACME".into(),
+                ..default()
+            },
+            &["ann@acme.com", "ben@acme.com", "cat@globex.com"],
+        ),
+        (
+            "LIKE wildcards in a query match literally",
+            pb::ListCustomersRequest {
+                query: "0%_b".into(),
+                ..default()
+            },
+            &["ben@acme.com"],
+        ),
+        (
+            "a lone wildcard too",
+            pb::ListCustomersRequest {
+                query: "%".into(),
+                ..default()
+            },
+            &["ben@acme.com"],
+        ),
+        (
+            "every metadata pair",
+            pb::ListCustomersRequest {
+                metadata: [("team", "red"), ("env", "prod")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into(),
+                ..default()
+            },
+            &["ann@acme.com", "cat@globex.com"],
+        ),
+        (
+            "created strictly between",
+            pb::ListCustomersRequest {
+                created_after: ids[0].create_time,
+                created_before: ids[3].create_time,
+                ..default()
+            },
+            &["ben@acme.com", "cat@globex.com"],
+        ),
+        (
+            "newest first, limited",
+            pb::ListCustomersRequest {
+                order: Order::CreateTimeDesc as i32,
+                limit: 2,
+                ..default()
+            },
+            &["dee@globex.com", "cat@globex.com"],
+        ),
+        (
+            "resumed, limited",
+            pb::ListCustomersRequest {
+                limit: 1,
+                resume_after: ids[1].id.clone(),
+                ..default()
+            },
+            &["cat@globex.com"],
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let emails: Vec<String> = list(&mut svc.client, request)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.email)
+            .collect();
+        assert_eq!(emails, expected, "{what}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,4 +1,4 @@
-//! Issue 3: readiness, deadlines, metrics, TLS and configuration errors.
+//! Readiness, deadlines, metrics, TLS and configuration errors.
 
 use std::time::{Duration, Instant};
 

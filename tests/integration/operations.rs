@@ -147,7 +147,8 @@ async fn migrations_revert_and_reapply() {
     use diesel_async::{AsyncPgConnection, async_connection_wrapper::AsyncConnectionWrapper};
     use diesel_migrations::MigrationHarness;
 
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url.clone();
     let reverted = tokio::task::spawn_blocking(move || {
         let mut conn =
             <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
@@ -207,4 +208,22 @@ fn the_embedded_cluster_refuses_a_symlinked_log() {
         "not chowned"
     );
     std::fs::remove_dir_all(root).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_test_database_is_dropped_with_its_service() {
+    let svc = TestService::start().await;
+    let name = svc.database_url.rsplit('/').next().unwrap().to_owned();
+    let other = TestService::start().await;
+    let exists = |name: String| {
+        let other = &other;
+        async move {
+            other
+                .count(&format!("pg_database WHERE datname = '{name}'"))
+                .await
+        }
+    };
+    assert_eq!(exists(name.clone()).await, 1);
+    drop(svc);
+    assert_eq!(exists(name).await, 0);
 }

@@ -6,7 +6,6 @@ use std::{num::NonZeroU32, sync::atomic::Ordering, time::Duration};
 
 use customers::{pb, server::ServeOptions, service::StreamOptions, storage::PoolOptions};
 use diesel_async::SimpleAsyncConnection;
-use prost_types::FieldMask;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -420,16 +419,8 @@ async fn errors_stay_small_whatever_the_request_holds() {
         let mut client = svc.client.clone();
         let id = c.id.clone();
         async move {
-            client
-                .update_customer(pb::UpdateCustomerRequest {
-                    customer: Some(pb::Customer {
-                        id,
-                        ..Default::default()
-                    }),
-                    update_mask: Some(FieldMask { paths }),
-                    ..Default::default()
-                })
-                .await
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            update(&mut client, patch(&id), &paths).await
         }
     };
     // 250,000 unknown paths (3.5 MB): one violation, about the count.

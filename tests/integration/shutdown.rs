@@ -111,7 +111,8 @@ struct N {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
-    let url = fresh_database().await;
+    let database = fresh_database().await;
+    let url = database.url.clone();
     seed(&url, 5_000).await;
     let key = create_key(&url, AppId::DEFAULT).await;
     let port = free_port();

@@ -1,5 +1,5 @@
-//! Issue 4: API keys, tenant isolation, row-level security, per-app limits,
-//! and the admin commands.
+//! API keys, tenant isolation, row-level security, per-app limits, and the
+//! admin commands.
 
 use std::{num::NonZeroU32, time::Duration};
 
@@ -12,7 +12,6 @@ use customers::{
     storage::{self, PoolOptions, apps},
 };
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use prost_types::FieldMask;
 use tonic::{Code, Request};
 
 use crate::common::*;
@@ -234,18 +233,8 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
     patch
         .provider_ids
         .insert("stripe".into(), "cus_theirs".into());
-    let theirs = b
-        .update_customer(pb::UpdateCustomerRequest {
-            customer: Some(patch),
-            update_mask: Some(FieldMask {
-                paths: vec!["external_id".into(), "provider_ids".into()],
-            }),
-            ..Default::default()
-        })
+    let theirs = update(&mut b, patch, &["external_id", "provider_ids"])
         .await
-        .unwrap()
-        .into_inner()
-        .customer
         .unwrap();
     for lookup in lookups {
         assert_error(
@@ -257,40 +246,29 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
             "CUSTOMER_NOT_FOUND",
         );
     }
-    assert_error(
-        a.update_customer(pb::UpdateCustomerRequest {
-            customer: Some(pb::Customer {
-                id: theirs.id.clone(),
-                name: "Hijacked".into(),
-                ..Default::default()
-            }),
-            update_mask: None,
-            ..Default::default()
-        })
-        .await,
-        Code::NotFound,
-        "CUSTOMER_NOT_FOUND",
-    );
-    assert_error(
+    let mut hijack = crate::common::patch(&theirs.id);
+    hijack.name = "Hijacked".into();
+    let external = theirs.external_id.clone().unwrap();
+    for result in [
+        update(a, hijack, &[]).await,
+        archive(a, &theirs.id, "").await,
+        delete(a, &theirs.id, "").await,
+        // By their external id too.
         a.archive_customer(pb::ArchiveCustomerRequest {
-            id: theirs.id.clone(),
-            etag: String::new(),
+            external_id: external.clone(),
             ..Default::default()
         })
-        .await,
-        Code::NotFound,
-        "CUSTOMER_NOT_FOUND",
-    );
-    assert_error(
+        .await
+        .map(|r| r.into_inner().customer.unwrap()),
         a.delete_customer(pb::DeleteCustomerRequest {
-            id: theirs.id.clone(),
-            etag: String::new(),
+            external_id: external,
             ..Default::default()
         })
-        .await,
-        Code::NotFound,
-        "CUSTOMER_NOT_FOUND",
-    );
+        .await
+        .map(|r| r.into_inner().customer.unwrap()),
+    ] {
+        assert_error(result, Code::NotFound, "CUSTOMER_NOT_FOUND");
+    }
     for request in [
         pb::ListCustomersRequest {
             include_archived: true,

@@ -1,33 +1,10 @@
+//! UpdateCustomer: field masks, maps, etags, taken keys, validation, and
+//! writes that name their customer by external id.
+
 use customers::pb;
-use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::common::*;
-
-async fn update(
-    svc: &mut TestService,
-    customer: pb::Customer,
-    paths: &[&str],
-) -> Result<pb::Customer, tonic::Status> {
-    let update_mask = (!paths.is_empty()).then(|| FieldMask {
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-    });
-    svc.client
-        .update_customer(pb::UpdateCustomerRequest {
-            customer: Some(customer),
-            update_mask,
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().customer.unwrap())
-}
-
-fn patch(id: &str) -> pb::Customer {
-    pb::Customer {
-        id: id.to_owned(),
-        ..Default::default()
-    }
-}
 
 async fn seeded(svc: &mut TestService) -> pb::Customer {
     let mut c = customer("fay@example.com");
@@ -54,7 +31,7 @@ async fn masked_fields_change_and_nothing_else() {
         city: "Lyon".into(),
         ..Default::default()
     });
-    let after = update(&mut svc, p, &["name", "address.city"])
+    let after = update(&mut svc.client, p, &["name", "address.city"])
         .await
         .unwrap();
     assert_eq!(after.name, "Fay Valentine");
@@ -80,9 +57,13 @@ async fn metadata_merges_by_key_or_is_replaced_whole() {
     p.metadata = [("a", "9"), ("c", "3")]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .into();
-    let after = update(&mut svc, p, &["metadata.a", "metadata.b", "metadata.c"])
-        .await
-        .unwrap();
+    let after = update(
+        &mut svc.client,
+        p,
+        &["metadata.a", "metadata.b", "metadata.c"],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         after.metadata,
         [("a", "9"), ("c", "3")]
@@ -93,14 +74,14 @@ async fn metadata_merges_by_key_or_is_replaced_whole() {
     // Without a mask: set fields are written, map entries merged.
     let mut p = patch(&c.id);
     p.metadata = [("d".to_owned(), "4".to_owned())].into();
-    let after = update(&mut svc, p, &[]).await.unwrap();
+    let after = update(&mut svc.client, p, &[]).await.unwrap();
     assert_eq!(after.metadata.len(), 3);
     assert_eq!(after.name, "Fay");
 
     // The whole map.
     let mut p = patch(&c.id);
     p.metadata = [("only".to_owned(), "one".to_owned())].into();
-    let after = update(&mut svc, p, &["metadata"]).await.unwrap();
+    let after = update(&mut svc.client, p, &["metadata"]).await.unwrap();
     assert_eq!(
         after.metadata,
         [("only".to_owned(), "one".to_owned())].into()
@@ -114,13 +95,13 @@ async fn a_stale_etag_is_aborted_and_changes_nothing() {
     let mut p = patch(&c.id);
     p.name = "First".into();
     p.etag = c.etag.clone();
-    let first = update(&mut svc, p, &["name"]).await.unwrap();
+    let first = update(&mut svc.client, p, &["name"]).await.unwrap();
 
     let mut stale = patch(&c.id);
     stale.name = "Second".into();
     stale.etag = c.etag.clone();
     assert_error(
-        update(&mut svc, stale, &["name"]).await,
+        update(&mut svc.client, stale, &["name"]).await,
         Code::Aborted,
         "ETAG_MISMATCH",
     );
@@ -130,7 +111,10 @@ async fn a_stale_etag_is_aborted_and_changes_nothing() {
     fresh.name = "Second".into();
     fresh.etag = first.etag.clone();
     assert_eq!(
-        update(&mut svc, fresh, &["name"]).await.unwrap().name,
+        update(&mut svc.client, fresh, &["name"])
+            .await
+            .unwrap()
+            .name,
         "Second"
     );
 }
@@ -147,7 +131,7 @@ async fn taken_keys_are_already_exists() {
     let mut p = patch(&c.id);
     p.email = "GUS@example.com".into();
     let meta = assert_error(
-        update(&mut svc, p, &["email"]).await,
+        update(&mut svc.client, p, &["email"]).await,
         Code::AlreadyExists,
         "EMAIL_TAKEN",
     );
@@ -156,7 +140,7 @@ async fn taken_keys_are_already_exists() {
     let mut p = patch(&c.id);
     p.external_id = Some("gus".into());
     let meta = assert_error(
-        update(&mut svc, p, &["external_id"]).await,
+        update(&mut svc.client, p, &["external_id"]).await,
         Code::AlreadyExists,
         "EXTERNAL_ID_TAKEN",
     );
@@ -165,7 +149,7 @@ async fn taken_keys_are_already_exists() {
     let mut p = patch(&c.id);
     p.provider_ids.insert("stripe".into(), "cus_gus".into());
     let meta = assert_error(
-        update(&mut svc, p, &["provider_ids.stripe"]).await,
+        update(&mut svc.client, p, &["provider_ids.stripe"]).await,
         Code::AlreadyExists,
         "PROVIDER_ID_TAKEN",
     );
@@ -178,7 +162,7 @@ async fn taken_keys_are_already_exists() {
     let mut p = patch(&c.id);
     p.email = "FAY@example.com".into();
     assert_eq!(
-        update(&mut svc, p, &["email"]).await.unwrap().email,
+        update(&mut svc.client, p, &["email"]).await.unwrap().email,
         "FAY@example.com"
     );
 }
@@ -193,7 +177,7 @@ async fn provider_ids_are_replaced_and_released() {
     let mut p = patch(&c.id);
     p.provider_ids.insert("stripe".into(), "cus_new".into());
     p.provider_ids.insert("paddle".into(), "ctm_1".into());
-    let after = update(&mut svc, p, &["provider_ids"]).await.unwrap();
+    let after = update(&mut svc.client, p, &["provider_ids"]).await.unwrap();
     assert_eq!(after.provider_ids.len(), 2);
     assert_eq!(after.provider_ids["stripe"], "cus_new");
 
@@ -203,7 +187,7 @@ async fn provider_ids_are_replaced_and_released() {
     create_new(&mut svc.client, d).await;
 
     // Removing one provider by path.
-    let after = update(&mut svc, patch(&c.id), &["provider_ids.paddle"])
+    let after = update(&mut svc.client, patch(&c.id), &["provider_ids.paddle"])
         .await
         .unwrap();
     assert_eq!(
@@ -221,26 +205,38 @@ async fn invalid_updates_are_rejected() {
     p.phone = "not a phone".into();
     p.timezone = "Nowhere/Special".into();
     assert_eq!(
-        bad_fields(update(&mut svc, p, &["phone", "timezone", "email"]).await),
+        bad_fields(update(&mut svc.client, p, &["phone", "timezone", "email"]).await),
         ["customer.email", "customer.phone", "customer.timezone"]
     );
     assert_eq!(
-        bad_fields(update(&mut svc, patch(&c.id), &["create_time", "address.planet"]).await),
+        bad_fields(
+            update(
+                &mut svc.client,
+                patch(&c.id),
+                &["create_time", "address.planet"]
+            )
+            .await
+        ),
         ["update_mask", "update_mask"]
     );
     assert_eq!(
-        bad_fields(update(&mut svc, patch("nope"), &["name"]).await),
+        bad_fields(update(&mut svc.client, patch("nope"), &["name"]).await),
         ["customer.id"]
     );
     // No mask and nothing set: nothing to do is a caller's mistake.
     assert_eq!(
-        bad_fields(update(&mut svc, patch(&c.id), &[]).await),
+        bad_fields(update(&mut svc.client, patch(&c.id), &[]).await),
         ["update_mask"]
     );
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
 
     assert_error(
-        update(&mut svc, patch("cus_01h2xcejqtf2nbrexx3vqjhp41"), &["name"]).await,
+        update(
+            &mut svc.client,
+            patch("cus_01h2xcejqtf2nbrexx3vqjhp41"),
+            &["name"],
+        )
+        .await,
         Code::NotFound,
         "CUSTOMER_NOT_FOUND",
     );
@@ -251,33 +247,19 @@ async fn archived_and_deleted_customers_cannot_be_updated() {
     let mut svc = TestService::start().await;
     let archived = create_new(&mut svc.client, customer("jo@example.com")).await;
     let deleted = create_new(&mut svc.client, customer("kim@example.com")).await;
-    svc.client
-        .archive_customer(pb::ArchiveCustomerRequest {
-            id: archived.id.clone(),
-            etag: String::new(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    svc.client
-        .delete_customer(pb::DeleteCustomerRequest {
-            id: deleted.id.clone(),
-            etag: String::new(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    archive(&mut svc.client, &archived.id, "").await.unwrap();
+    delete(&mut svc.client, &deleted.id, "").await.unwrap();
     let mut p = patch(&archived.id);
     p.name = "x".into();
     assert_error(
-        update(&mut svc, p, &["name"]).await,
+        update(&mut svc.client, p, &["name"]).await,
         Code::FailedPrecondition,
         "CUSTOMER_ARCHIVED",
     );
     let mut p = patch(&deleted.id);
     p.name = "x".into();
     assert_error(
-        update(&mut svc, p, &["name"]).await,
+        update(&mut svc.client, p, &["name"]).await,
         Code::FailedPrecondition,
         "CUSTOMER_DELETED",
     );
@@ -301,16 +283,7 @@ async fn racing_updates_to_one_email_name_the_holder() {
             let mut client = svc.client.clone();
             let mut p = patch(id);
             p.email = email.clone();
-            tokio::spawn(async move {
-                client
-                    .update_customer(pb::UpdateCustomerRequest {
-                        customer: Some(p),
-                        update_mask: None,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|r| r.into_inner().customer.unwrap())
-            })
+            tokio::spawn(async move { update(&mut client, p, &[]).await })
         });
         let results: Vec<_> = futures_util::future::join_all(calls)
             .await
@@ -330,4 +303,125 @@ async fn racing_updates_to_one_email_name_the_holder() {
             }
         }
     }
+}
+
+/// Update, Archive and Delete may name their customer by the caller's own
+/// id instead of ours.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_may_name_their_customer_by_external_id() {
+    let mut svc = TestService::start().await;
+    let mut c = customer("ext@example.com");
+    c.external_id = Some("user-7".into());
+    let c = create_new(&mut svc.client, c).await;
+    let by_external = |customer: pb::Customer, paths: &[&str]| pb::UpdateCustomerRequest {
+        external_id: "user-7".into(),
+        ..update_request(customer, paths)
+    };
+
+    let renamed = svc
+        .client
+        .update_customer(by_external(
+            pb::Customer {
+                name: "Renamed".into(),
+                ..Default::default()
+            },
+            &["name"],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_eq!(
+        (renamed.id.as_str(), renamed.name.as_str()),
+        (c.id.as_str(), "Renamed")
+    );
+
+    // Exactly one of the two references.
+    let mut both = by_external(patch(&c.id), &["name"]);
+    both.customer.as_mut().unwrap().name = "x".into();
+    assert_eq!(
+        bad_fields(svc.client.update_customer(both).await),
+        ["external_id"]
+    );
+    assert_eq!(
+        bad_fields(update(&mut svc.client, patch(""), &["name"]).await),
+        ["customer.id"]
+    );
+    let mut unknown = by_external(pb::Customer::default(), &["name"]);
+    unknown.external_id = "nobody".into();
+    assert_error(
+        svc.client.update_customer(unknown).await,
+        Code::NotFound,
+        "CUSTOMER_NOT_FOUND",
+    );
+
+    let archive_external = |etag: &str| pb::ArchiveCustomerRequest {
+        external_id: "user-7".into(),
+        etag: etag.into(),
+        ..Default::default()
+    };
+    let archived = svc
+        .client
+        .archive_customer(archive_external(&renamed.etag))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_eq!(archived.state, pb::customer::State::Archived as i32);
+    // A retry finds the archived customer, which no longer holds the id.
+    let again = svc
+        .client
+        .archive_customer(archive_external(&renamed.etag))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer;
+    assert_eq!(again, Some(archived.clone()));
+    assert_error(
+        svc.client
+            .update_customer(by_external(
+                pb::Customer {
+                    name: "Late".into(),
+                    ..Default::default()
+                },
+                &["name"],
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "CUSTOMER_ARCHIVED",
+    );
+
+    // A new customer takes the id: writes by it reach the new one.
+    let mut successor = customer("next@example.com");
+    successor.external_id = Some("user-7".into());
+    let successor = create_new(&mut svc.client, successor).await;
+    let deleted = svc
+        .client
+        .delete_customer(pb::DeleteCustomerRequest {
+            external_id: "user-7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_eq!(deleted.id, successor.id);
+    assert_eq!(deleted.state, pb::customer::State::Deleted as i32);
+    // Erasure removed the id from the tombstone: the archived one answers.
+    let after = svc
+        .client
+        .delete_customer(pb::DeleteCustomerRequest {
+            external_id: "user-7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer
+        .unwrap();
+    assert_eq!(after.id, c.id);
+    assert_eq!(after.state, pb::customer::State::Deleted as i32);
 }
