@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Pool, cancellable, connect, connect_for_read,
+    Pool, connect,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
     scope,
@@ -293,30 +293,19 @@ pub async fn get(
     cancel: &CancellationToken,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
-    let mut conn = connect_for_read(pool, ctx, cancel).await?;
-    let pg = conn.cancel_token();
-    cancellable(
-        pg,
-        cancel,
-        conn.build_transaction()
-            .read_only()
-            .repeatable_read()
-            .run::<_, Error, _>(async |conn| {
-                scope(conn, ctx).await?;
-                let query = match lookup {
-                    Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
-                    Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
-                    Lookup::ProviderId { provider, id } => {
-                        let holder = provider_id_holder(conn, app, provider, id)
-                            .await?
-                            .ok_or(Error::NotFound)?;
-                        of_app(app).filter(c::id.eq(holder.uuid()))
-                    }
-                };
-                load_one(conn, app, query).await?.ok_or(Error::NotFound)
-            }),
-    )
-    .await
+    read!(pool, ctx, cancel, |conn| {
+        let query = match lookup {
+            Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
+            Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
+            Lookup::ProviderId { provider, id } => {
+                let holder = provider_id_holder(conn, app, provider, id)
+                    .await?
+                    .ok_or(Error::NotFound)?;
+                of_app(app).filter(c::id.eq(holder.uuid()))
+            }
+        };
+        load_one(conn, app, query).await?.ok_or(Error::NotFound)
+    })
 }
 
 /// A write to an existing customer.
@@ -561,23 +550,13 @@ pub async fn position_of(
     id: CustomerId,
     cancel: &CancellationToken,
 ) -> Result<Position, Error> {
-    let mut conn = connect_for_read(pool, ctx, cancel).await?;
-    let pg = conn.cancel_token();
-    cancellable(
-        pg,
-        cancel,
-        conn.build_transaction()
-            .read_only()
-            .run::<_, Error, _>(async |conn| {
-                scope(conn, ctx).await?;
-                Ok(of_app(ctx.app)
-                    .filter(c::id.eq(id.uuid()))
-                    .select((c::create_time, c::id))
-                    .first(conn)
-                    .await?)
-            }),
-    )
-    .await
+    read!(pool, ctx, cancel, |conn| {
+        Ok(of_app(ctx.app)
+            .filter(c::id.eq(id.uuid()))
+            .select((c::create_time, c::id))
+            .first(conn)
+            .await?)
+    })
 }
 
 /// Escapes LIKE's wildcards so that a query matches literally.
@@ -651,21 +630,10 @@ pub async fn list_batch(
     };
     let query = query.select(CustomerRow::as_select()).limit(limit);
 
-    let mut conn = connect_for_read(pool, ctx, cancel).await?;
-    let pg = conn.cancel_token();
-    cancellable(
-        pg,
-        cancel,
-        conn.build_transaction()
-            .read_only()
-            .repeatable_read()
-            .run::<_, Error, _>(async |conn| {
-                scope(conn, ctx).await?;
-                let rows = query.load(conn).await?;
-                with_provider_ids(conn, app, rows).await
-            }),
-    )
-    .await
+    read!(pool, ctx, cancel, |conn| {
+        let rows = query.load(conn).await?;
+        with_provider_ids(conn, app, rows).await
+    })
 }
 
 #[cfg(test)]

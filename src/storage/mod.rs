@@ -1,5 +1,32 @@
 //! PostgreSQL: the connection pool, migrations, and the SQL of each operation.
 
+/// Runs `$body` (with `$conn` bound to the connection) as a read of the
+/// call: a pooled connection ([`connect_for_read`]), a read-only
+/// repeatable-read transaction scoped to the call ([`scope`]), cancelled in
+/// PostgreSQL if `$cancel` fires first ([`cancellable`]). The one path of
+/// every customer read. A macro rather than a function taking an async
+/// closure: such a closure's future cannot be promised `Send`, which
+/// diesel-async's transactions need.
+macro_rules! read {
+    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident| $body:block) => {{
+        let mut pooled = $crate::storage::connect_for_read($pool, $ctx, $cancel).await?;
+        let pg = pooled.cancel_token();
+        $crate::storage::cancellable(
+            pg,
+            $cancel,
+            pooled
+                .build_transaction()
+                .read_only()
+                .repeatable_read()
+                .run::<_, $crate::error::Error, _>(async |$conn| {
+                    $crate::storage::scope($conn, $ctx).await?;
+                    $body
+                }),
+        )
+        .await
+    }};
+}
+
 pub mod apps;
 pub mod customers;
 mod models;
