@@ -309,9 +309,12 @@ async fn check_readiness(
 ) {
     let mut serving = None;
     let mut conn = None;
+    // A database that is gone refuses or resets at once; this bounds one
+    // that hangs, without calling a merely slow answer a failure.
+    let ping_timeout = interval.max(Duration::from_secs(1));
     loop {
         let ping = tokio::select! {
-            ping = tokio::time::timeout(interval, storage::ping(&pool, &mut conn)) => {
+            ping = tokio::time::timeout(ping_timeout, storage::ping(&pool, &mut conn)) => {
                 ping.unwrap_or_else(|_| Err(crate::error::Error::Unavailable("ping timed out".into())))
             }
             _ = shutdown.cancelled() => return,

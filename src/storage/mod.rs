@@ -42,7 +42,7 @@ use diesel_async::{
     AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{
-        AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError,
+        AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError, RecyclingMethod,
         deadpool::{Object, Pool as DeadPool, PoolError},
     },
 };
@@ -93,6 +93,10 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
         .min(crate::context::MAX_STATEMENT_TIMEOUT)
         .as_millis();
     let mut config = ManagerConfig::default();
+    // No query on every checkout: a connection that broke is noticed by its
+    // transaction manager (and dropped), or fails its next query; readiness
+    // pings the database on a connection of its own.
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         Box::pin(async move {
@@ -176,22 +180,34 @@ pub async fn cancellable<T>(
 /// owner, so row-level security applies (see the second migration).
 pub const SERVICE_ROLE: &str = "customers_service";
 
-/// Scopes the rest of the current transaction to the call, in one round
-/// trip: acts as [`SERVICE_ROLE`], sets `customers.app_id` (which row-level
-/// security filters on), and bounds every statement by the call's deadline
-/// (the server cancels a statement still running when it passes), never
-/// longer than the server's own statement limit.
-pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
+/// The statements that scope the rest of a transaction to a call: act as
+/// [`SERVICE_ROLE`] (a no-op when the service logs in as it), set
+/// `customers.app_id` (which row-level security filters on), and bound
+/// every statement by the call's deadline, never beyond the server's own
+/// limit (PostgreSQL cancels a statement still running when it passes).
+///
+/// One simple-query batch of `SET LOCAL`s and nothing else: one round trip
+/// with no statement to prepare (so it also works through PgBouncer's
+/// transaction pooling), and the form that Citus replays on its workers once
+/// `citus.propagate_set_commands` is `local` (a `citus.` setting is a
+/// harmless placeholder on plain PostgreSQL). Every value is formatted from a
+/// typed one (a UUID, an integer), never from caller text.
+pub fn scope_sql(ctx: &RequestContext) -> Result<String, Error> {
     let timeout = ctx.statement_timeout().ok_or(Error::DeadlineExceeded)?;
-    diesel::sql_query(
-        "SELECT set_config('role', $1, true), set_config('customers.app_id', $2, true),
-                set_config('statement_timeout', $3, true)",
-    )
-    .bind::<diesel::sql_types::Text, _>(SERVICE_ROLE)
-    .bind::<diesel::sql_types::Text, _>(ctx.app.0.to_string())
-    .bind::<diesel::sql_types::Text, _>(timeout.as_millis().to_string())
-    .execute(conn)
-    .await?;
+    Ok(format!(
+        "SET LOCAL citus.propagate_set_commands = 'local'; \
+         SET LOCAL ROLE {SERVICE_ROLE}; \
+         SET LOCAL customers.app_id = '{}'; \
+         SET LOCAL statement_timeout = {}",
+        ctx.app.0.hyphenated(),
+        timeout.as_millis()
+    ))
+}
+
+/// Scopes the rest of the current transaction to the call (see
+/// [`scope_sql`]), in one round trip.
+pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
+    conn.batch_execute(&scope_sql(ctx)?).await?;
     Ok(())
 }
 
