@@ -5,11 +5,15 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    dsl::{Eq, Filter, now},
+    dsl::{self, Eq, Filter, now},
     prelude::*,
     sql_types,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::{
+    pg::Pg,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,21 +41,73 @@ extern "SQL" {
 /// vanishes (is archived) between the insert and the lookup.
 const CREATE_ATTEMPTS: usize = 3;
 
-/// Customers of `app`.
-fn of_app(app: AppId) -> c::BoxedQuery<'static, diesel::pg::Pg> {
-    c::table.filter(c::app_id.eq(app.0)).into_boxed()
+// The queries, as functions of their parameters. Each is a typed query, so
+// diesel prepares it once per connection and reuses it, and each filters by
+// its app explicitly (row-level security is the second wall, not the first).
+// Every condition on `customers` is leakproof, so the indexes serve them
+// under row-level security; `explain_query_shapes` checks the plans.
+
+/// One customer by id, whatever its state.
+#[dsl::auto_type]
+fn customer_by_id(app: Uuid, id: Uuid) -> _ {
+    c::table.filter(c::app_id.eq(app)).filter(c::id.eq(id))
 }
 
-fn active_by_email(app: AppId, email: &str) -> c::BoxedQuery<'static, diesel::pg::Pg> {
-    of_app(app)
-        .filter(c::state.eq(State::Active.as_str()))
-        .filter(lower(c::email).eq(lower(email.to_owned())))
+/// The active customer holding an email, case-insensitively: plain equality
+/// on the stored lower-case email, which the unique index serves.
+#[dsl::auto_type]
+fn active_by_email<'a>(app: Uuid, email: &'a str) -> _ {
+    let active: &'static str = State::Active.as_str();
+    let lowered: lower<&'a str> = lower(email);
+    c::table
+        .filter(c::app_id.eq(app))
+        .filter(c::state.eq(active))
+        .filter(c::email_lower.eq(lowered))
 }
 
-fn active_by_external_id(app: AppId, external_id: &str) -> c::BoxedQuery<'static, diesel::pg::Pg> {
-    of_app(app)
-        .filter(c::state.eq(State::Active.as_str()))
-        .filter(c::external_id.eq(external_id.to_owned()))
+/// The active customer holding an external id.
+#[dsl::auto_type]
+fn active_by_external_id<'a>(app: Uuid, external_id: &'a str) -> _ {
+    let active: &'static str = State::Active.as_str();
+    c::table
+        .filter(c::app_id.eq(app))
+        .filter(c::state.eq(active))
+        .filter(c::external_id.eq(external_id))
+}
+
+/// Archived customers that held an external id, newest first.
+#[dsl::auto_type]
+fn archived_by_external_id<'a>(app: Uuid, external_id: &'a str) -> _ {
+    let archived: &'static str = State::Archived.as_str();
+    c::table
+        .filter(c::app_id.eq(app))
+        .filter(c::state.eq(archived))
+        .filter(c::external_id.eq(external_id))
+        .order((c::create_time.desc(), c::id.desc()))
+}
+
+/// The active holder of a provider's id.
+#[dsl::auto_type]
+fn provider_id_holder_query<'a>(app: Uuid, provider: &'a str, id: &'a str) -> _ {
+    pids::table
+        .filter(pids::app_id.eq(app))
+        .filter(pids::provider.eq(provider))
+        .filter(pids::provider_customer_id.eq(id))
+        .filter(pids::active)
+        .select(pids::customer_id)
+}
+
+/// The provider ids of several customers.
+#[dsl::auto_type]
+fn provider_ids_of_many<'a>(app: Uuid, ids: &'a [Uuid]) -> _ {
+    pids::table
+        .filter(pids::app_id.eq(app))
+        .filter(pids::customer_id.eq_any(ids))
+        .select((
+            pids::customer_id,
+            pids::provider,
+            pids::provider_customer_id,
+        ))
 }
 
 /// The provider-id rows of one customer.
@@ -74,16 +130,7 @@ async fn with_provider_ids(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let pairs: Vec<(Uuid, String, String)> = pids::table
-        .filter(pids::app_id.eq(app.0))
-        .filter(pids::customer_id.eq_any(&ids))
-        .select((
-            pids::customer_id,
-            pids::provider,
-            pids::provider_customer_id,
-        ))
-        .load(conn)
-        .await?;
+    let pairs: Vec<(Uuid, String, String)> = provider_ids_of_many(app.0, &ids).load(conn).await?;
     let mut grouped = group_provider_ids(pairs);
     rows.into_iter()
         .map(|row| {
@@ -93,16 +140,12 @@ async fn with_provider_ids(
         .collect()
 }
 
+/// The customer of `row`, if any, with its provider ids.
 async fn load_one(
     conn: &mut AsyncPgConnection,
     app: AppId,
-    query: c::BoxedQuery<'static, diesel::pg::Pg>,
+    row: Option<CustomerRow>,
 ) -> Result<Option<Customer>, Error> {
-    let row = query
-        .select(CustomerRow::as_select())
-        .first(conn)
-        .await
-        .optional()?;
     Ok(with_provider_ids(conn, app, row.into_iter().collect())
         .await?
         .pop())
@@ -118,18 +161,14 @@ async fn lock_target(
     target: &Target,
 ) -> Result<Customer, Error> {
     let row = match target {
-        Target::Id(id) => c::table
-            .find((app.0, id.uuid()))
+        Target::Id(id) => customer_by_id(app.0, id.uuid())
             .select(CustomerRow::as_select())
             .for_update()
             .first(conn)
             .await
             .optional()?,
         Target::ExternalId(external_id) => {
-            let active = c::table
-                .filter(c::app_id.eq(app.0))
-                .filter(c::state.eq(State::Active.as_str()))
-                .filter(c::external_id.eq(external_id))
+            let active = active_by_external_id(app.0, external_id)
                 .select(CustomerRow::as_select())
                 .for_update()
                 .first(conn)
@@ -137,11 +176,7 @@ async fn lock_target(
                 .optional()?;
             match active {
                 Some(row) => Some(row),
-                None => c::table
-                    .filter(c::app_id.eq(app.0))
-                    .filter(c::state.eq(State::Archived.as_str()))
-                    .filter(c::external_id.eq(external_id))
-                    .order((c::create_time.desc(), c::id.desc()))
+                None => archived_by_external_id(app.0, external_id)
                     .select(CustomerRow::as_select())
                     .for_update()
                     .first(conn)
@@ -157,11 +192,27 @@ async fn lock_target(
         .ok_or(Error::NotFound)
 }
 
-async fn id_holding(
+/// The active customer holding an email, as an id.
+async fn email_holder(
     conn: &mut AsyncPgConnection,
-    query: c::BoxedQuery<'static, diesel::pg::Pg>,
+    app: AppId,
+    email: &str,
 ) -> Result<Option<CustomerId>, Error> {
-    Ok(query
+    Ok(active_by_email(app.0, email)
+        .select(c::id)
+        .first::<Uuid>(conn)
+        .await
+        .optional()?
+        .map(CustomerId::from_uuid))
+}
+
+/// The active customer holding an external id, as an id.
+async fn external_id_holder(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    external_id: &str,
+) -> Result<Option<CustomerId>, Error> {
+    Ok(active_by_external_id(app.0, external_id)
         .select(c::id)
         .first::<Uuid>(conn)
         .await
@@ -207,12 +258,7 @@ async fn provider_id_holder(
     provider: &str,
     id: &str,
 ) -> Result<Option<CustomerId>, Error> {
-    Ok(pids::table
-        .filter(pids::app_id.eq(app.0))
-        .filter(pids::provider.eq(provider))
-        .filter(pids::provider_customer_id.eq(id))
-        .filter(pids::active)
-        .select(pids::customer_id)
+    Ok(provider_id_holder_query(app.0, provider, id)
         .first::<Uuid>(conn)
         .await
         .optional()?
@@ -256,19 +302,27 @@ pub async fn create(
                 }
                 // Some active customer holds the email or the external id.
                 let Some(external_id) = &fields.external_id else {
-                    let holder = load_one(conn, app, active_by_email(app, &fields.email)).await?;
+                    let row = active_by_email(app.0, &fields.email)
+                        .select(CustomerRow::as_select())
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    let holder = load_one(conn, app, row).await?;
                     return Ok(holder.map(|c| (c, false)));
                 };
                 // Keyed by external id: its active holder is the answer,
                 // whatever that customer's email is now.
-                if let Some(holder) =
-                    load_one(conn, app, active_by_external_id(app, external_id)).await?
-                {
+                let row = active_by_external_id(app.0, external_id)
+                    .select(CustomerRow::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if let Some(holder) = load_one(conn, app, row).await? {
                     return Ok(Some((holder, false)));
                 }
                 // Nobody holds the external id, so the email's holder
                 // stopped the insert.
-                match id_holding(conn, active_by_email(app, &fields.email)).await? {
+                match email_holder(conn, app, &fields.email).await? {
                     Some(other) => Err(Error::AlreadyExists {
                         key: Key::Email,
                         holder: Some(other),
@@ -294,17 +348,31 @@ pub async fn get(
 ) -> Result<Customer, Error> {
     let app = ctx.app;
     read!(pool, ctx, cancel, |conn| {
-        let query = match lookup {
-            Lookup::Id(id) => of_app(app).filter(c::id.eq(id.uuid())),
-            Lookup::ExternalId(external_id) => active_by_external_id(app, external_id),
+        let row = match lookup {
+            Lookup::Id(id) => {
+                customer_by_id(app.0, id.uuid())
+                    .select(CustomerRow::as_select())
+                    .first(conn)
+                    .await
+            }
+            Lookup::ExternalId(external_id) => {
+                active_by_external_id(app.0, external_id)
+                    .select(CustomerRow::as_select())
+                    .first(conn)
+                    .await
+            }
             Lookup::ProviderId { provider, id } => {
                 let holder = provider_id_holder(conn, app, provider, id)
                     .await?
                     .ok_or(Error::NotFound)?;
-                of_app(app).filter(c::id.eq(holder.uuid()))
+                customer_by_id(app.0, holder.uuid())
+                    .select(CustomerRow::as_select())
+                    .first(conn)
+                    .await
             }
-        };
-        load_one(conn, app, query).await?.ok_or(Error::NotFound)
+        }
+        .optional()?;
+        load_one(conn, app, row).await?.ok_or(Error::NotFound)
     })
 }
 
@@ -444,7 +512,7 @@ async fn update_row(
 
     // Name the holder of a taken key; the unique indexes still decide.
     if !new.email.eq_ignore_ascii_case(&old.email)
-        && let Some(holder) = id_holding(conn, active_by_email(app, &new.email)).await?
+        && let Some(holder) = email_holder(conn, app, &new.email).await?
         && holder != id
     {
         return Err(Error::AlreadyExists {
@@ -454,7 +522,7 @@ async fn update_row(
     }
     if let Some(external_id) = &new.external_id
         && new.external_id != old.external_id
-        && let Some(holder) = id_holding(conn, active_by_external_id(app, external_id)).await?
+        && let Some(holder) = external_id_holder(conn, app, external_id).await?
     {
         return Err(Error::AlreadyExists {
             key: Key::ExternalId,
@@ -551,8 +619,7 @@ pub async fn position_of(
     cancel: &CancellationToken,
 ) -> Result<Position, Error> {
     read!(pool, ctx, cancel, |conn| {
-        Ok(of_app(ctx.app)
-            .filter(c::id.eq(id.uuid()))
+        Ok(customer_by_id(ctx.app.0, id.uuid())
             .select((c::create_time, c::id))
             .first(conn)
             .await?)
@@ -585,55 +652,210 @@ pub async fn list_batch(
     limit: i64,
     cancel: &CancellationToken,
 ) -> Result<Vec<Customer>, Error> {
+    use sql_types::{Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let app = ctx.app;
-    let mut query = of_app(app);
-    query = if filter.include_archived {
-        query.filter(c::state.ne(State::Deleted.as_str()))
-    } else {
-        query.filter(c::state.eq(State::Active.as_str()))
-    };
-    if let Some(email) = &filter.email {
-        query = query.filter(lower(c::email).eq(lower(email.clone())));
-    }
-    if let Some(text) = &filter.query {
-        let pattern = like_pattern(text);
-        query = query.filter(c::email.ilike(pattern.clone()).or(c::name.ilike(pattern)));
-    }
-    if let Some(t) = filter.created_after {
-        query = query.filter(c::create_time.gt(t));
-    }
-    if let Some(t) = filter.created_before {
-        query = query.filter(c::create_time.lt(t));
-    }
-    if !filter.metadata.is_empty() {
-        let wanted = serde_json::to_value(&filter.metadata).map_err(Error::internal)?;
-        query = query.filter(c::metadata.contains(wanted));
-    }
-    let descending = filter.order == Order::Descending;
-    if let Some((time, id)) = after {
-        // A row comparison, so that PostgreSQL starts the index scan at the
-        // position instead of filtering from the start.
-        let op = if descending { ") < (" } else { ") > (" };
-        query = query.filter(
-            diesel::dsl::sql::<sql_types::Bool>("(customers.create_time, customers.id")
-                .sql(op)
-                .bind::<sql_types::Timestamptz, _>(time)
-                .sql(", ")
-                .bind::<sql_types::Uuid, _>(id)
-                .sql(")"),
-        );
-    }
-    query = if descending {
-        query.order((c::create_time.desc(), c::id.desc()))
-    } else {
-        query.order((c::create_time.asc(), c::id.asc()))
-    };
-    let query = query.select(CustomerRow::as_select()).limit(limit);
+    let metadata = (!filter.metadata.is_empty())
+        .then(|| serde_json::to_value(&filter.metadata))
+        .transpose()
+        .map_err(Error::internal)?;
+    // The page function (see its migration) builds the keyset query for
+    // these filters and runs it for the transaction's app: the trigram and
+    // jsonb indexes serve it, which they cannot under row-level security.
+    let query =
+        diesel::sql_query("SELECT * FROM customers_page($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind::<Nullable<Text>, _>(filter.email.as_deref())
+            .bind::<Nullable<Text>, _>(filter.query.as_deref().map(like_pattern))
+            .bind::<Nullable<Timestamptz>, _>(filter.created_after)
+            .bind::<Nullable<Timestamptz>, _>(filter.created_before)
+            .bind::<Nullable<Jsonb>, _>(metadata)
+            .bind::<Bool, _>(filter.include_archived)
+            .bind::<Bool, _>(filter.order == Order::Descending)
+            .bind::<Nullable<Timestamptz>, _>(after.map(|(time, _)| time))
+            .bind::<Nullable<SqlUuid>, _>(after.map(|(_, id)| id))
+            .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX));
 
     read!(pool, ctx, cancel, |conn| {
-        let rows = query.load(conn).await?;
+        let rows: Vec<CustomerRow> = query.load(conn).await?;
         with_provider_ids(conn, app, rows).await
     })
+}
+
+/// Keys of existing rows, for [`explain_query_shapes`].
+#[derive(Debug, Clone)]
+pub struct SampleKeys {
+    pub id: CustomerId,
+    pub email: String,
+    pub external_id: String,
+    pub provider: String,
+    pub provider_id: String,
+}
+
+/// `EXPLAIN` of a query, run with the query's own binds.
+#[derive(Debug, Clone, Copy)]
+struct Explain<Q>(Q);
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Explain<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("EXPLAIN ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q> QueryId for Explain<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q> Query for Explain<Q> {
+    type SqlType = sql_types::Text;
+}
+
+async fn explain<Q: QueryFragment<Pg> + Send>(
+    conn: &mut AsyncPgConnection,
+    query: Q,
+) -> Result<String, Error> {
+    let lines: Vec<String> = Explain(query).load(conn).await?;
+    Ok(lines.join("\n"))
+}
+
+/// The plan of every query shape the service runs, for tests and
+/// benchmarks that check them. The point lookups are built by the same
+/// functions the service uses and explained on `conn` as it stands: scope it
+/// exactly as the service scopes its transactions ([`super::scope`]) so that
+/// the plans are the service's, row-level security included. The list pages
+/// run inside `customers_page` with the tables' owner's rights: their SQL is
+/// explained after `RESET ROLE`, the way the function runs it (so call this
+/// on a connection of the tables' owner).
+#[doc(hidden)]
+pub async fn explain_query_shapes(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    sample: &SampleKeys,
+) -> Result<Vec<(String, String)>, Error> {
+    let app_id = app.0;
+    let ids = [sample.id.uuid()];
+    let mut plans = vec![
+        (
+            "customer by id".to_owned(),
+            explain(
+                conn,
+                customer_by_id(app_id, sample.id.uuid()).select(CustomerRow::as_select()),
+            )
+            .await?,
+        ),
+        (
+            "active customer by external id".to_owned(),
+            explain(
+                conn,
+                active_by_external_id(app_id, &sample.external_id).select(CustomerRow::as_select()),
+            )
+            .await?,
+        ),
+        (
+            "archived customers by external id".to_owned(),
+            explain(
+                conn,
+                archived_by_external_id(app_id, &sample.external_id)
+                    .select(CustomerRow::as_select()),
+            )
+            .await?,
+        ),
+        (
+            "holder of an email".to_owned(),
+            explain(conn, active_by_email(app_id, &sample.email).select(c::id)).await?,
+        ),
+        (
+            "holder of a provider id".to_owned(),
+            explain(
+                conn,
+                provider_id_holder_query(app_id, &sample.provider, &sample.provider_id),
+            )
+            .await?,
+        ),
+        (
+            "provider ids of customers".to_owned(),
+            explain(conn, provider_ids_of_many(app_id, &ids)).await?,
+        ),
+    ];
+
+    conn.batch_execute("RESET ROLE").await?;
+    let pattern = like_pattern(&sample.email[..sample.email.len().min(8)]);
+    let metadata = serde_json::json!({ "parity": "1" }).to_string();
+    let position = "now() - interval '1 minute'";
+    // (name, filters as customers_page_sql takes them, the parameters).
+    let pages = [
+        (
+            "page, oldest first",
+            "false, false, false, false, false, false, false, false",
+        ),
+        (
+            "page, newest first, resumed",
+            "false, false, false, false, false, false, true, true",
+        ),
+        (
+            "page by email",
+            "true, false, false, false, false, false, false, false",
+        ),
+        (
+            "page by email, archived too",
+            "true, false, false, false, false, true, false, false",
+        ),
+        (
+            "page by query",
+            "false, true, false, false, false, false, false, false",
+        ),
+        (
+            "page by query, resumed",
+            "false, true, false, false, false, false, false, true",
+        ),
+        (
+            "page by metadata",
+            "false, false, false, false, true, false, false, false",
+        ),
+        (
+            "page by creation range",
+            "false, false, true, true, false, false, false, false",
+        ),
+    ];
+    for (name, filters) in pages {
+        #[derive(QueryableByName)]
+        struct Sql {
+            #[diesel(sql_type = sql_types::Text)]
+            sql: String,
+        }
+        let Sql { sql } = diesel::sql_query(format!("SELECT customers_page_sql({filters}) AS sql"))
+            .get_result(conn)
+            .await?;
+        conn.batch_execute(&format!(
+            "PREPARE page_shape (uuid, text, text, timestamptz, timestamptz, jsonb, \
+             timestamptz, uuid, integer) AS {sql}"
+        ))
+        .await?;
+        #[derive(QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = sql_types::Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let plan: Vec<Line> = diesel::sql_query(format!(
+            "EXPLAIN EXECUTE page_shape('{app_id}', lower({email}), {pattern}, \
+             {position}, now(), {metadata}, {position}, '{id}', 500)",
+            email = quote(&sample.email),
+            pattern = quote(&pattern),
+            metadata = quote(&metadata),
+            id = sample.id.uuid(),
+        ))
+        .load(conn)
+        .await?;
+        conn.batch_execute("DEALLOCATE page_shape").await?;
+        let plan = plan.into_iter().map(|l| l.line).collect::<Vec<_>>();
+        plans.push((name.to_owned(), plan.join("\n")));
+    }
+    Ok(plans)
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

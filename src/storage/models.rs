@@ -12,7 +12,7 @@ use crate::{
     error::Error,
 };
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = customers, check_for_backend(diesel::pg::Pg))]
 pub struct CustomerRow {
     pub id: Uuid,

@@ -51,6 +51,7 @@ diesel::table! {
         update_time -> Timestamptz,
         archive_time -> Nullable<Timestamptz>,
         delete_time -> Nullable<Timestamptz>,
+        email_lower -> Nullable<Text>,
     }
 }
 

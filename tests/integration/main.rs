@@ -10,6 +10,7 @@ mod lifecycle;
 mod list;
 mod operability;
 mod operations;
+mod plans;
 mod resources;
 mod shutdown;
 mod tenancy;

@@ -1,0 +1,56 @@
+//! Query plans at scale, taken exactly as the service runs its queries: as
+//! its role, under row-level security, with its app setting and its
+//! parameters. No shape may scan the whole table.
+
+use customers::{
+    context::RequestContext,
+    domain::{AppId, CustomerId},
+    storage::{self, customers::SampleKeys},
+};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_query_shape_uses_an_index_under_row_level_security() {
+    let mut svc = TestService::start().await;
+    seed(&svc.database_url, 100_000).await;
+    let mut c = customer("Sample.Person@Example.com");
+    c.external_id = Some("sample-7".into());
+    c.provider_ids.insert("stripe".into(), "cus_sample".into());
+    let sample = create_new(&mut svc.client, c).await;
+    let mut conn = svc.sql().await;
+    // A provider id for every customer too, so that both tables are large.
+    conn.batch_execute(
+        "INSERT INTO customer_provider_ids (app_id, customer_id, provider, provider_customer_id)
+         SELECT app_id, id, 'stripe', 'cus_' || id FROM customers WHERE email LIKE 'bulk%';
+         ANALYZE customers; ANALYZE customer_provider_ids",
+    )
+    .await
+    .unwrap();
+
+    let ctx = RequestContext::new(AppId::DEFAULT, std::time::Duration::from_secs(30));
+    let keys = SampleKeys {
+        id: sample.id.parse::<CustomerId>().unwrap(),
+        email: "sample.person@example.com".into(),
+        external_id: "sample-7".into(),
+        provider: "stripe".into(),
+        provider_id: "cus_sample".into(),
+    };
+    let plans = conn
+        .transaction::<_, customers::error::Error, _>(async |conn| {
+            storage::scope(conn, &ctx).await?;
+            storage::customers::explain_query_shapes(conn, AppId::DEFAULT, &keys).await
+        })
+        .await
+        .unwrap();
+    assert!(plans.len() >= 14, "{plans:?}");
+    for (shape, plan) in &plans {
+        println!("--- {shape}\n{plan}");
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{shape} scans a whole table:\n{plan}"
+        );
+        assert!(plan.contains("Index"), "{shape} uses no index:\n{plan}");
+    }
+}
