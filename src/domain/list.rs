@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ids::CustomerId,
-    validation::{Invalid, MAX_EMAIL_CHARS, MAX_METADATA_KEYS, MAX_QUERY_CHARS, Violations},
+    validation::{Invalid, MAX_EMAIL_CHARS, MAX_METADATA_KEYS, MAX_QUERY_CHARS, Violations, echo},
 };
 
 /// Sort order of a listing.
@@ -37,6 +37,7 @@ impl ListFilter {
         let mut v = Violations::new("");
         if let Some(email) = &self.email {
             v.max_chars("email", email, MAX_EMAIL_CHARS);
+            v.no_control("email", email);
         }
         if let Some(query) = &self.query {
             v.max_chars("query", query, MAX_QUERY_CHARS);
@@ -47,6 +48,11 @@ impl ListFilter {
                 "metadata",
                 format!("must have at most {MAX_METADATA_KEYS} pairs"),
             );
+        }
+        for (key, value) in &self.metadata {
+            let path = format!("metadata[{}]", echo(key));
+            v.no_control(&path, key);
+            v.no_nul(&path, value);
         }
         v.into_result(self)
     }

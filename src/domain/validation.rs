@@ -135,6 +135,14 @@ impl Violations {
             self.add(field, "must not contain control characters");
         }
     }
+
+    /// Free text (metadata values) may hold any character but NUL, which
+    /// PostgreSQL's text cannot store.
+    pub(crate) fn no_nul(&mut self, field: &str, value: &str) {
+        if value.contains('\0') {
+            self.add(field, "must not contain NUL (U+0000)");
+        }
+    }
 }
 
 pub const MAX_EMAIL_CHARS: usize = 512;
@@ -303,6 +311,7 @@ fn check_metadata(v: &mut Violations, field: &str, metadata: &BTreeMap<String, S
                 format!("values must be at most {MAX_METADATA_VALUE_CHARS} characters"),
             );
         }
+        v.no_nul(&path, value);
     }
 }
 

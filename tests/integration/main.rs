@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bad_input;
 mod create;
 mod get;
 mod lifecycle;
