@@ -332,17 +332,11 @@ impl TestService {
 
     /// `SELECT count(*)` of a query's rows.
     pub async fn count(&self, from_where: &str) -> i64 {
-        #[derive(diesel::QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut conn = self.sql().await;
-        diesel::sql_query(format!("SELECT count(*) AS n FROM {from_where}"))
-            .get_result::<N>(&mut conn)
-            .await
-            .expect("count query")
-            .n
+        count_on(
+            &mut self.sql().await,
+            &format!("SELECT count(*) AS n FROM {from_where}"),
+        )
+        .await
     }
 
     /// Backends of this test's database that the service opened
@@ -582,6 +576,34 @@ pub async fn scrape(svc: &TestService) -> String {
     socket.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+/// The `n` of a query `SELECT count(*) AS n ...` on `conn`.
+pub async fn count_on(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .await
+        .expect("count query")
+        .n
+}
+
+/// Reads a health `Watch` stream until it reports `want`, failing after
+/// `within`.
+pub async fn health_becomes(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+    within: Duration,
+) {
+    tokio::time::timeout(within, async {
+        while watch.message().await.unwrap().unwrap().status() != want {}
+    })
+    .await
+    .unwrap_or_else(|_| panic!("health did not become {want:?} within {within:?}"));
 }
 
 /// Waits until an async `condition` holds, failing after `timeout`.

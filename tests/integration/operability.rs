@@ -8,31 +8,13 @@ use customers::{
     server::ServeOptions,
     storage,
 };
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::SimpleAsyncConnection;
 use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
 use crate::common::*;
-
-/// Reads a health Watch stream until it reports `want`.
-async fn watch_until(
-    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
-    want: ServingStatus,
-    within: Duration,
-) {
-    tokio::time::timeout(within, async {
-        loop {
-            let status = watch.message().await.unwrap().unwrap().status();
-            if status == want {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("health did not become {want:?} within {within:?}"));
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
@@ -69,13 +51,13 @@ async fn readiness_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
         .await
         .unwrap()
         .into_inner();
-    watch_until(&mut watch, ServingStatus::Serving, Duration::from_secs(5)).await;
+    health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(5)).await;
     let c = create_new(&mut svc.client, customer("up@example.com")).await;
 
     tokio::task::spawn_blocking(move || cluster.stop())
         .await
         .unwrap();
-    watch_until(
+    health_becomes(
         &mut watch,
         ServingStatus::NotServing,
         Duration::from_secs(5),
@@ -101,7 +83,7 @@ async fn readiness_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
     assert_eq!(overall.status(), ServingStatus::Serving);
 
     let cluster = tokio::task::spawn_blocking(start).await.unwrap();
-    watch_until(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
+    health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
     drop(watch);
     svc.stop().await;
@@ -124,23 +106,9 @@ async fn lock_row(svc: &TestService, id: &str) -> diesel_async::AsyncPgConnectio
     conn
 }
 
-#[derive(diesel::QueryableByName)]
-struct Waiting {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 /// Statements of the service that wait on a lock right now.
 async fn service_statements_waiting(svc: &TestService) -> i64 {
-    let mut conn = svc.sql().await;
-    diesel::sql_query(
-        "SELECT count(*) AS n FROM pg_stat_activity
-         WHERE application_name = 'customers' AND wait_event_type = 'Lock'",
-    )
-    .get_result::<Waiting>(&mut conn)
-    .await
-    .unwrap()
-    .n
+    svc.backends("wait_event_type = 'Lock'").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

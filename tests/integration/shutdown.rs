@@ -7,7 +7,7 @@ use std::{
 };
 
 use customers::{domain::AppId, pb};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -92,23 +92,6 @@ async fn watch_health(port: u16) -> tonic::Streaming<tonic_health::pb::HealthChe
     }
 }
 
-async fn until_status(
-    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
-    want: ServingStatus,
-) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while watch.message().await.unwrap().unwrap().status() != want {}
-    })
-    .await
-    .unwrap_or_else(|_| panic!("health never became {want:?}"));
-}
-
-#[derive(diesel::QueryableByName)]
-struct N {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     let database = fresh_database().await;
@@ -128,7 +111,7 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
         std::fs::File::create(&log_path).unwrap().into(),
     );
     let mut watch = watch_health(port).await;
-    until_status(&mut watch, ServingStatus::Serving).await;
+    health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
 
     let channel = small_window_channel(([127, 0, 0, 1], port).into()).await;
     let client_channel = channel.clone();
@@ -186,14 +169,12 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     let mut probe = AsyncPgConnection::establish(&url).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let waiting = diesel::sql_query(
+        let waiting = count_on(
+            &mut probe,
             "SELECT count(*) AS n FROM pg_stat_activity
              WHERE application_name = 'customers' AND wait_event_type = 'Lock'",
         )
-        .get_result::<N>(&mut probe)
-        .await
-        .unwrap()
-        .n;
+        .await;
         if waiting == 1 {
             break;
         }
@@ -206,7 +187,12 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
 
     process.signal(Signal::SIGTERM);
     // Readiness goes first.
-    until_status(&mut watch, ServingStatus::NotServing).await;
+    health_becomes(
+        &mut watch,
+        ServingStatus::NotServing,
+        Duration::from_secs(10),
+    )
+    .await;
     drop(watch);
 
     // New connections get nowhere.
@@ -274,7 +260,7 @@ async fn sigterm_stops_the_embedded_postgres_too() {
         Stdio::null(),
     );
     let mut watch = watch_health(port).await;
-    until_status(&mut watch, ServingStatus::Serving).await;
+    health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
     drop(watch);
     let pid_file = data.join("pgdata/postmaster.pid");
     let postmaster: u32 = std::fs::read_to_string(&pid_file)

@@ -11,7 +11,7 @@ use customers::{
     service::StreamOptions,
     storage::{self, PoolOptions, apps},
 };
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::SimpleAsyncConnection;
 use tonic::{Code, Request};
 
 use crate::common::*;
@@ -314,12 +314,6 @@ async fn an_app_sees_and_changes_nothing_of_another_app() {
     assert_eq!(get_by_id(a, &mine.id).await.unwrap(), mine);
 }
 
-#[derive(diesel::QueryableByName)]
-struct N {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn row_level_security_alone_blocks_cross_app_access() {
     let mut svc = TestService::start().await;
@@ -329,13 +323,7 @@ async fn row_level_security_alone_blocks_cross_app_access() {
     let a_app = AppId::DEFAULT;
 
     let mut conn = svc.sql().await;
-    let count = async |conn: &mut diesel_async::AsyncPgConnection, sql: &str| {
-        diesel::sql_query(sql)
-            .get_result::<N>(conn)
-            .await
-            .unwrap()
-            .n
-    };
+    let count = count_on;
     // As the service's role, with app A in scope, and queries that "forget"
     // to filter by app or ask for B outright.
     conn.batch_execute(&format!(
