@@ -347,21 +347,36 @@ pub async fn get(
     cancel: &CancellationToken,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
-    read!(pool, ctx, cancel, |conn| {
+    read!(pool, ctx, cancel, |conn, scope| {
         let row = match lookup {
+            // Scope, row and provider ids in one round trip.
             Lookup::Id(id) => {
-                customer_by_id(app.0, id.uuid())
+                let ids = [id.uuid()];
+                let (mut row_conn, mut pids_conn) = (&*conn, &*conn);
+                let row = customer_by_id(app.0, id.uuid())
                     .select(CustomerRow::as_select())
-                    .first(conn)
-                    .await
+                    .first::<CustomerRow>(&mut row_conn);
+                let pairs = provider_ids_of_many(app.0, &ids).load(&mut pids_conn);
+                let ((), row, pairs) = futures_util::try_join!(
+                    scope,
+                    async { Ok(row.await.optional()?) },
+                    async { Ok::<Vec<(Uuid, String, String)>, Error>(pairs.await?) },
+                )?;
+                let row = row.ok_or(Error::NotFound)?;
+                let providers = group_provider_ids(pairs).remove(&row.id);
+                return row.into_customer(providers.unwrap_or_default());
             }
             Lookup::ExternalId(external_id) => {
-                active_by_external_id(app.0, external_id)
+                let mut shared = &*conn;
+                let row = active_by_external_id(app.0, external_id)
                     .select(CustomerRow::as_select())
-                    .first(conn)
-                    .await
+                    .first::<CustomerRow>(&mut shared);
+                let ((), row) =
+                    futures_util::try_join!(scope, async { Ok(row.await.optional()?) })?;
+                row
             }
             Lookup::ProviderId { provider, id } => {
+                scope.await?;
                 let holder = provider_id_holder(conn, app, provider, id)
                     .await?
                     .ok_or(Error::NotFound)?;
@@ -369,9 +384,9 @@ pub async fn get(
                     .select(CustomerRow::as_select())
                     .first(conn)
                     .await
+                    .optional()?
             }
-        }
-        .optional()?;
+        };
         load_one(conn, app, row).await?.ok_or(Error::NotFound)
     })
 }

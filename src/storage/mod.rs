@@ -7,8 +7,18 @@
 /// every customer read. A macro rather than a function taking an async
 /// closure: such a closure's future cannot be promised `Send`, which
 /// diesel-async's transactions need.
+///
+/// With `|conn, scope|`, the scope is not awaited first: `scope` is its
+/// future on the shared connection, which the body joins with its first
+/// queries so that they are pipelined behind it (one round trip for all).
 macro_rules! read {
-    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident| $body:block) => {{
+    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident| $body:block) => {
+        read!($pool, $ctx, $cancel, |$conn, scope| {
+            scope.await?;
+            $body
+        })
+    };
+    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident| $body:block) => {{
         let mut pooled = $crate::storage::connect_for_read($pool, $ctx, $cancel).await?;
         let pg = pooled.cancel_token();
         $crate::storage::cancellable(
@@ -19,7 +29,7 @@ macro_rules! read {
                 .read_only()
                 .repeatable_read()
                 .run::<_, $crate::error::Error, _>(async |$conn| {
-                    $crate::storage::scope($conn, $ctx).await?;
+                    let $scope = $crate::storage::scope_shared(&*$conn, $ctx);
                     $body
                 }),
         )
@@ -202,6 +212,18 @@ pub fn scope_sql(ctx: &RequestContext) -> Result<String, Error> {
         ctx.app.0.hyphenated(),
         timeout.as_millis()
     ))
+}
+
+/// The scope of a call ([`scope_sql`]) on a shared connection, so that the
+/// queries after it can be pipelined behind it: its batch is sent when the
+/// future is first polled, theirs after, and PostgreSQL runs them in that
+/// order. Were the order ever broken, row-level security would show the
+/// queries nothing (no app set), not another app's rows.
+pub async fn scope_shared(conn: &AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
+    let sql = scope_sql(ctx)?;
+    let mut shared = conn;
+    shared.batch_execute(&sql).await?;
+    Ok(())
 }
 
 /// Scopes the rest of the current transaction to the call (see
