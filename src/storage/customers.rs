@@ -21,7 +21,7 @@ use super::{
     Pool, connect,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
-    scope,
+    scope, scope_shared,
 };
 use crate::{
     context::RequestContext,
@@ -157,17 +157,31 @@ async fn load_one(
 /// customer that held it.
 async fn lock_target(
     conn: &mut AsyncPgConnection,
-    app: AppId,
+    ctx: &RequestContext,
     target: &Target,
 ) -> Result<Customer, Error> {
+    let app = ctx.app;
     let row = match target {
-        Target::Id(id) => customer_by_id(app.0, id.uuid())
-            .select(CustomerRow::as_select())
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?,
+        // Scope, locked row and provider ids in one round trip.
+        Target::Id(id) => {
+            let ids = [id.uuid()];
+            let (mut row_conn, mut pids_conn) = (&*conn, &*conn);
+            let scope = scope_shared(&*conn, ctx);
+            let row = customer_by_id(app.0, id.uuid())
+                .select(CustomerRow::as_select())
+                .for_update()
+                .first::<CustomerRow>(&mut row_conn);
+            let pairs = provider_ids_of_many(app.0, &ids).load(&mut pids_conn);
+            let ((), row, pairs) =
+                futures_util::try_join!(scope, async { Ok(row.await.optional()?) }, async {
+                    Ok::<Vec<(Uuid, String, String)>, Error>(pairs.await?)
+                },)?;
+            let row = row.ok_or(Error::NotFound)?;
+            let providers = group_provider_ids(pairs).remove(&row.id);
+            return row.into_customer(providers.unwrap_or_default());
+        }
         Target::ExternalId(external_id) => {
+            scope(conn, ctx).await?;
             let active = active_by_external_id(app.0, external_id)
                 .select(CustomerRow::as_select())
                 .for_update()
@@ -283,8 +297,9 @@ pub async fn create(
         let id = CustomerId::generate();
         let outcome = conn
             .transaction::<_, Error, _>(async |conn| {
-                scope(conn, ctx).await?;
-                let inserted = diesel::insert_into(c::table)
+                // Scope and insert in one round trip.
+                let mut shared: &AsyncPgConnection = conn;
+                let insert = diesel::insert_into(c::table)
                     .values(NewCustomer {
                         app_id: app.0,
                         id: id.uuid(),
@@ -292,9 +307,10 @@ pub async fn create(
                     })
                     .on_conflict_do_nothing()
                     .returning(CustomerRow::as_returning())
-                    .get_result(conn)
-                    .await
-                    .optional()?;
+                    .get_result::<CustomerRow>(&mut shared);
+                let ((), inserted) = futures_util::try_join!(scope_shared(conn, ctx), async {
+                    Ok(insert.await.optional()?)
+                },)?;
                 if let Some(row) = inserted {
                     insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
                     let created = row.into_customer(fields.provider_ids.clone())?;
@@ -357,11 +373,10 @@ pub async fn get(
                     .select(CustomerRow::as_select())
                     .first::<CustomerRow>(&mut row_conn);
                 let pairs = provider_ids_of_many(app.0, &ids).load(&mut pids_conn);
-                let ((), row, pairs) = futures_util::try_join!(
-                    scope,
-                    async { Ok(row.await.optional()?) },
-                    async { Ok::<Vec<(Uuid, String, String)>, Error>(pairs.await?) },
-                )?;
+                let ((), row, pairs) =
+                    futures_util::try_join!(scope, async { Ok(row.await.optional()?) }, async {
+                        Ok::<Vec<(Uuid, String, String)>, Error>(pairs.await?)
+                    },)?;
                 let row = row.ok_or(Error::NotFound)?;
                 let providers = group_provider_ids(pairs).remove(&row.id);
                 return row.into_customer(providers.unwrap_or_default());
@@ -408,8 +423,9 @@ enum Opened {
     AlreadyDone(Customer),
 }
 
-/// The opening of every write to an existing customer: lock its row, then
-/// check, in this order, (1) its state, then (2) the caller's etag.
+/// The opening of every write to an existing customer: scope the
+/// transaction and lock the customer's row (pipelined), then check, in this
+/// order, (1) its state, then (2) the caller's etag.
 ///
 /// State comes first so that a retried archive or delete, whose etag went
 /// stale through its own first attempt, returns the customer unchanged, and
@@ -417,12 +433,12 @@ enum Opened {
 /// customer the same way (FAILED_PRECONDITION, not ABORTED).
 async fn open_write(
     conn: &mut AsyncPgConnection,
-    app: AppId,
+    ctx: &RequestContext,
     target: &Target,
     etag: Option<&str>,
     write: Write<'_>,
 ) -> Result<Opened, Error> {
-    let current = lock_target(conn, app, target).await?;
+    let current = lock_target(conn, ctx, target).await?;
     match (write, current.state) {
         (_, State::Active) | (Write::Delete, State::Archived) => {}
         (Write::Archive, State::Archived) | (Write::Delete, State::Deleted) => {
@@ -459,8 +475,7 @@ async fn write_existing(
     loop {
         let result = conn
             .transaction::<_, Error, _>(async |conn| {
-                scope(conn, ctx).await?;
-                let current = match open_write(conn, app, target, etag, write).await? {
+                let current = match open_write(conn, ctx, target, etag, write).await? {
                     Opened::Proceed(current) => current,
                     Opened::AlreadyDone(current) => return Ok(current),
                 };

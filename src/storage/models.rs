@@ -95,10 +95,16 @@ impl CustomerRow {
     }
 }
 
-/// The writable columns of a customer; `treat_none_as_null` so that an
-/// update clears what the fields clear.
+/// The writable columns of a customer. `None` is NULL both in an update (so
+/// that it clears what the fields clear) and in an insert (never `DEFAULT`,
+/// which would make the statement's text vary and defeat diesel's statement
+/// cache; these columns' default is NULL anyway).
 #[derive(Debug, Insertable, AsChangeset)]
-#[diesel(table_name = customers, treat_none_as_null = true)]
+#[diesel(
+    table_name = customers,
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
+)]
 pub struct CustomerColumns<'a> {
     pub external_id: Option<&'a str>,
     pub email: Option<&'a str>,

@@ -13,6 +13,7 @@ mod operability;
 mod operations;
 mod plans;
 mod resources;
+mod round_trips;
 mod shutdown;
 mod tenancy;
 mod update;
