@@ -211,10 +211,18 @@ pub struct ServeConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL. Unset: the service runs its own PostgreSQL cluster
-    /// under --data-dir, from the installed server binaries.
+    /// PostgreSQL URL the service serves with: a login that does not own
+    /// the tables (so row-level security applies), such as the role
+    /// `customers_service` given LOGIN. Unset: the service runs its own
+    /// PostgreSQL cluster under --data-dir, from the installed server
+    /// binaries, and sets both users up itself.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// PostgreSQL URL of the user that owns the tables, for migrations (at
+    /// start-up and `customers migrate`). Unset: --database-url.
+    #[arg(long, env = "CUSTOMERS_MIGRATE_DATABASE_URL", hide_env_values = true)]
+    pub migrate_database_url: Option<String>,
 
     /// Where the embedded PostgreSQL keeps its data (only without
     /// DATABASE_URL).
@@ -240,6 +248,13 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// The URL migrations run with, when one is configured.
+    pub fn migrate_url(&self) -> Option<&str> {
+        self.migrate_database_url
+            .as_deref()
+            .or(self.database_url.as_deref())
+    }
+
     pub fn pool_options(&self) -> PoolOptions {
         PoolOptions {
             max_size: self.pool_max_size as usize,

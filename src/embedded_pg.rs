@@ -120,7 +120,27 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A connection URL for database `dbname`.
+    /// A connection URL of the service's login role, with the password kept
+    /// in `<root>/service-password` (made on first use). The role must be
+    /// given LOGIN with that password (see `storage::enable_service_login`).
+    pub fn service_url(&self, role: &str, dbname: &str) -> Result<(String, String)> {
+        let path = self.root.join("service-password");
+        let password = match fs::read_to_string(&path) {
+            Ok(password) => password.trim().to_owned(),
+            Err(_) => {
+                let password = random_password();
+                write_private(&path, &password)?;
+                password
+            }
+        };
+        let url = format!(
+            "postgres://{role}:{password}@127.0.0.1:{}/{dbname}",
+            self.port
+        );
+        Ok((url, password))
+    }
+
+    /// A connection URL for database `dbname`, as the superuser.
     pub fn url(&self, dbname: &str) -> String {
         match &self.password {
             Some(password) => format!(

@@ -39,10 +39,14 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Migrate(database)) => {
                 telemetry::init(LogFormat::Text);
-                let url = database.database_url.ok_or_else(|| {
-                    ConfigError("migrate needs --database-url (or DATABASE_URL)".into())
+                let url = database.migrate_url().ok_or_else(|| {
+                    ConfigError(
+                        "migrate needs --migrate-database-url or --database-url (or \
+                         CUSTOMERS_MIGRATE_DATABASE_URL or DATABASE_URL)"
+                            .into(),
+                    )
                 })?;
-                let applied = storage::migrate(&url).await?;
+                let applied = storage::migrate(url).await?;
                 tracing::info!(?applied, "migrations applied");
                 Ok(())
             }

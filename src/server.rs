@@ -112,22 +112,34 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| ConfigError(format!("--listen {}: {e}", config.listen)))?;
 
-    let (database_url, cluster) = match &config.database.database_url {
-        Some(url) => (url.clone(), None),
+    // The service serves with a login that does not own the tables, so that
+    // row-level security applies; migrations run as the owner.
+    let (database_url, migrate_url, cluster) = match &config.database.database_url {
+        Some(url) => {
+            let migrate_url = config.database.migrate_url().unwrap_or(url).to_owned();
+            (url.clone(), migrate_url, None)
+        }
         None => {
             let cluster = start_embedded(&config.database.data_dir).await?;
-            (cluster.url(EMBEDDED_DATABASE), Some(cluster))
+            let owner = cluster.url(EMBEDDED_DATABASE);
+            let (service, password) =
+                cluster.service_url(storage::SERVICE_ROLE, EMBEDDED_DATABASE)?;
+            (service, owner, Some((cluster, password)))
         }
     };
-    let applied = storage::migrate(&database_url)
+    let applied = storage::migrate(&migrate_url)
         .await
         .context("applying migrations")?;
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
     let pool = storage::pool(&database_url, &config.database.pool_options())?;
-    if cluster.is_some() {
-        let key = admin::development_key(&pool, &config.database.data_dir).await?;
+    if let Some((_, password)) = &cluster {
+        storage::enable_service_login(&migrate_url, password).await?;
+        // Keys are written by the owner; the service only reads them.
+        let owner_pool = storage::pool(&migrate_url, &config.database.pool_options())?;
+        let key = admin::development_key(&owner_pool, &config.database.data_dir).await?;
+        owner_pool.close();
         tracing::info!(
             "development API key of the default app (also in {}): {key}",
             config.database.data_dir.join("dev-api-key").display()
@@ -156,7 +168,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     serve(listener, api, options).await?;
 
     pool.close();
-    if let Some(cluster) = cluster {
+    if let Some((cluster, _)) = cluster {
         tokio::task::spawn_blocking(move || cluster.stop()).await?;
         tracing::info!("embedded PostgreSQL stopped");
     }

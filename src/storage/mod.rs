@@ -233,6 +233,23 @@ pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result
     Ok(())
 }
 
+/// Lets [`SERVICE_ROLE`] log in with `password`, for a database whose
+/// owner is also its administrator (the embedded mode). Elsewhere an
+/// administrator does this once: `ALTER ROLE customers_service LOGIN
+/// PASSWORD '...'`.
+pub async fn enable_service_login(owner_url: &str, password: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        password.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "the service password must be alphanumeric"
+    );
+    let mut conn = AsyncPgConnection::establish(owner_url).await?;
+    conn.batch_execute(&format!(
+        "ALTER ROLE {SERVICE_ROLE} WITH LOGIN PASSWORD '{password}'"
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Applies pending migrations, holding an advisory lock so that replicas
 /// starting at once take turns (the second finds nothing left to do).
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {

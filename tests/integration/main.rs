@@ -12,6 +12,7 @@ mod list;
 mod operability;
 mod operations;
 mod plans;
+mod production;
 mod resources;
 mod round_trips;
 mod shutdown;
