@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         root: root.clone(),
         throwaway: true,
         port: None,
+        tls: None,
     })?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(run(&cluster, &sizes));

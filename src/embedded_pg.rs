@@ -36,6 +36,17 @@ pub struct ClusterOptions {
     pub throwaway: bool,
     /// Port on 127.0.0.1; `None` picks a free one.
     pub port: Option<u16>,
+    /// Serve TLS with this certificate (for tests of TLS to PostgreSQL).
+    pub tls: Option<ServerTls>,
+}
+
+/// A certificate the server presents, and whether it refuses connections
+/// without TLS (`hostssl` only in `pg_hba.conf`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub required: bool,
 }
 
 /// A running cluster. Dropping it stops the postmaster (fast shutdown).
@@ -88,6 +99,10 @@ impl Cluster {
             None => free_port()?,
         };
         let log = open_log(&root.join("postgres.log"), run_as.as_ref())?;
+        let tls_settings = match &options.tls {
+            Some(tls) => configure_tls(&pgdata, tls, options.throwaway, run_as.as_ref())?,
+            None => Vec::new(),
+        };
 
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
@@ -107,6 +122,9 @@ impl Cluster {
             ] {
                 cmd.args(["-c", setting]);
             }
+        }
+        for setting in &tls_settings {
+            cmd.args(["-c", setting]);
         }
         let (pid, supervisor) = spawn_supervised(cmd, run_as.as_ref())?;
         let cluster = Cluster {
@@ -383,6 +401,38 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
+}
+
+/// Puts the certificate and key in the data directory and, when TLS is
+/// required, allows only `hostssl` connections; returns the settings that
+/// turn TLS on.
+fn configure_tls(
+    pgdata: &Path,
+    tls: &ServerTls,
+    throwaway: bool,
+    run_as: Option<&User>,
+) -> Result<Vec<String>> {
+    let cert = pgdata.join("server.crt");
+    let key = pgdata.join("server.key");
+    write_private(&cert, &tls.cert_pem)?;
+    write_private(&key, &tls.key_pem)?;
+    if tls.required {
+        let method = if throwaway { "trust" } else { "scram-sha-256" };
+        write_private(
+            &pgdata.join("pg_hba.conf"),
+            &format!("hostssl all all 127.0.0.1/32 {method}\n"),
+        )?;
+    }
+    if let Some(user) = run_as {
+        for file in [&cert, &key, &pgdata.join("pg_hba.conf")] {
+            chown(file.as_path(), Some(user.uid), Some(user.gid))?;
+        }
+    }
+    Ok(vec![
+        "ssl=on".into(),
+        format!("ssl_cert_file={}", cert.display()),
+        format!("ssl_key_file={}", key.display()),
+    ])
 }
 
 /// Opens the server's log for appending without following a symlink, and

@@ -181,6 +181,7 @@ async fn start_embedded(data_dir: &Path) -> anyhow::Result<Cluster> {
         root: data_dir.to_owned(),
         throwaway: false,
         port: None,
+        tls: None,
     };
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(&options))
         .await?

@@ -38,6 +38,7 @@ macro_rules! read {
 }
 
 pub mod apps;
+pub mod connection;
 pub mod customers;
 mod models;
 pub mod schema;
@@ -49,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{
-    AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{
         AsyncDieselConnectionManager, ManagerConfig, PoolError as ManagerError, RecyclingMethod,
@@ -110,7 +111,7 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         Box::pin(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = connection::establish(&url).await?;
             conn.batch_execute(&format!(
                 "SET statement_timeout = {statement_timeout_ms}; SET application_name = 'customers'"
             ))
@@ -242,7 +243,7 @@ pub async fn enable_service_login(owner_url: &str, password: &str) -> anyhow::Re
         password.bytes().all(|b| b.is_ascii_alphanumeric()),
         "the service password must be alphanumeric"
     );
-    let mut conn = AsyncPgConnection::establish(owner_url).await?;
+    let mut conn = connection::establish(owner_url).await?;
     conn.batch_execute(&format!(
         "ALTER ROLE {SERVICE_ROLE} WITH LOGIN PASSWORD '{password}'"
     ))
@@ -253,10 +254,9 @@ pub async fn enable_service_login(owner_url: &str, password: &str) -> anyhow::Re
 /// Applies pending migrations, holding an advisory lock so that replicas
 /// starting at once take turns (the second finds nothing left to do).
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    let url = database_url.to_owned();
+    let conn = connection::establish(database_url).await?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         diesel::connection::SimpleConnection::batch_execute(
             &mut conn,
             &format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"),
@@ -347,7 +347,7 @@ pub async fn create_database(
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     };
     anyhow::ensure!(is_identifier(name), "bad database name {name:?}");
-    let mut conn = AsyncPgConnection::establish(admin_url).await?;
+    let mut conn = connection::establish(admin_url).await?;
     let exists: i64 = diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
         .bind::<diesel::sql_types::Text, _>(name)
         .get_result::<Count>(&mut conn)

@@ -55,6 +55,7 @@ fn server_db() -> &'static TestServerDb {
             root,
             throwaway: true,
             port: None,
+            tls: None,
         })
         .expect("starting the test PostgreSQL cluster");
         TestServerDb {

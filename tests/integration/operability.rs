@@ -30,6 +30,7 @@ async fn readiness_follows_the_database_and_calls_fail_fast_while_it_is_gone() {
         root: root.clone(),
         throwaway: true,
         port: Some(port),
+        tls: None,
     };
     let start = {
         let options = options.clone();

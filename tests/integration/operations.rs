@@ -197,6 +197,7 @@ fn the_embedded_cluster_refuses_a_symlinked_log() {
         root: root.clone(),
         throwaway: true,
         port: None,
+        tls: None,
     });
     let error = started.expect_err("a symlinked log must be refused");
     assert!(format!("{error:#}").contains("postgres.log"), "{error:#}");

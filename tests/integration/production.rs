@@ -108,3 +108,156 @@ async fn serves_as_a_login_that_owns_nothing() {
     );
     drop(svc);
 }
+
+/// A CA, and a certificate for "localhost" that it signed: (CA PEM, server
+/// certificate PEM, server key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), server_cert.pem(), server_key.serialize_pem())
+}
+
+/// `customers migrate` against `url`: the exit code and stderr.
+fn migrate(url: &str) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_customers"))
+        .args(["migrate", "--database-url", url])
+        .env_remove("DATABASE_URL")
+        .env_remove("CUSTOMERS_MIGRATE_DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The lines of stderr that report an error.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("error")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connects_to_a_postgres_that_requires_tls_as_libpq_would() {
+    use customers::embedded_pg::{Cluster, ClusterOptions, ServerTls};
+    let (ca, cert, key) = certificates();
+    let (other_ca, _, _) = certificates();
+    let root = std::env::temp_dir().join(format!("customers-tls-{}", uuid::Uuid::new_v4()));
+    let cluster = tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || {
+            Cluster::start(&ClusterOptions {
+                root,
+                throwaway: true,
+                port: None,
+                tls: Some(ServerTls {
+                    cert_pem: cert,
+                    key_pem: key,
+                    required: true,
+                }),
+            })
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let ca_file = root.join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let other_ca_file = root.join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca).unwrap();
+    let ca_file = ca_file.display();
+    let other_ca_file = other_ca_file.display();
+    let base = cluster.url("postgres"); // postgres://postgres@127.0.0.1:PORT/postgres
+    let port = base.rsplit_once(':').unwrap().1.split('/').next().unwrap();
+    let url =
+        |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/postgres?{query}");
+
+    // Connects: encryption only; the chain; the chain and the name.
+    for good in [
+        url("127.0.0.1", "sslmode=require"),
+        url(
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={ca_file}"),
+        ),
+        url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca_file}"),
+        ),
+        url(
+            "127.0.0.1",
+            &format!("sslmode=require&sslrootcert={ca_file}"),
+        ),
+    ] {
+        let (code, stderr) = migrate(&good);
+        assert_eq!(code, 0, "{good}: {stderr}");
+    }
+    // Refused, each with one line naming the setting.
+    for (bad, says) in [
+        (
+            url(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={other_ca_file}"),
+            ),
+            "sslmode=verify-full",
+        ),
+        // libpq: require with a root certificate verifies the chain.
+        (
+            url(
+                "localhost",
+                &format!("sslmode=require&sslrootcert={other_ca_file}"),
+            ),
+            "sslrootcert=",
+        ),
+        // The certificate names localhost, not 127.0.0.1.
+        (
+            url(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca_file}"),
+            ),
+            "sslmode=verify-full",
+        ),
+        (url("127.0.0.1", "sslmode=disable"), "sslmode=disable"),
+        (url("127.0.0.1", "sslmode=verify-full"), "needs sslrootcert"),
+    ] {
+        let (code, stderr) = migrate(&bad);
+        assert_ne!(code, 0, "{bad} connected");
+        let errors = error_lines(&stderr);
+        assert_eq!(errors.len(), 1, "{bad}: {stderr}");
+        assert!(errors[0].contains(says), "{bad}: {stderr}");
+    }
+
+    // The service itself, pool and readiness, over verified TLS.
+    let secure = url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca_file}"),
+    );
+    let mut svc = TestService::start_on(secure, Options::default()).await;
+    let c = create_new(&mut svc.client, customer("tls@example.com")).await;
+    assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(svc.channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "customers.v1.CustomerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    drop(svc);
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(root);
+}
