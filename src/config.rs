@@ -240,6 +240,14 @@ pub struct DatabaseConfig {
           value_parser = parse_duration)]
     pub pool_acquire_timeout: Duration,
 
+    /// DATABASE_URL leads to a connection pooler in transaction mode
+    /// (PgBouncer before 1.21, which does not track prepared statements): keep
+    /// no statement prepared across transactions and make no session
+    /// setting. Costs a statement preparation per query. Migrations must go
+    /// straight to PostgreSQL (--migrate-database-url).
+    #[arg(long, env = "CUSTOMERS_TRANSACTION_POOLER")]
+    pub transaction_pooler: bool,
+
     /// Server-side limit on any one SQL statement; a client's deadline may
     /// shorten it, never lengthen it. At most 24 days.
     #[arg(long, env = "CUSTOMERS_STATEMENT_TIMEOUT", default_value = "30s",
@@ -260,6 +268,7 @@ impl DatabaseConfig {
             max_size: self.pool_max_size as usize,
             acquire_timeout: self.pool_acquire_timeout,
             statement_timeout: self.statement_timeout,
+            transaction_pooler: self.transaction_pooler,
         }
     }
 }

@@ -115,7 +115,13 @@ pub async fn find_key(
     id: KeyId,
 ) -> Result<Option<(KeyRecord, bool)>, Error> {
     let mut conn = connect(pool, None).await?;
-    key_with_validity(&mut conn, app, id).await
+    // In a transaction of its own, like every query of the service: behind
+    // a pooler in transaction mode, a statement's preparation and its
+    // execution then reach the same server connection.
+    conn.build_transaction()
+        .read_only()
+        .run::<_, Error, _>(async |conn| key_with_validity(conn, app, id).await)
+        .await
 }
 
 async fn key_with_validity(

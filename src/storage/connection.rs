@@ -142,6 +142,11 @@ impl Target {
         let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| format!("the database URL is not valid: {e}"))?;
+        // As a startup parameter, which poolers pass on (a session `SET`
+        // would stay on one server connection).
+        if config.get_application_name().is_none() {
+            config.application_name("customers");
+        }
         config.ssl_mode(match mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
@@ -167,14 +172,34 @@ impl Target {
         })
     }
 
-    /// Opens a connection.
-    pub async fn connect(&self) -> Result<AsyncPgConnection, ConnectionError> {
-        let (client, connection) = self
-            .config
-            .connect(self.tls.clone())
+    /// Opens a connection. `transaction_pooler`: the URL leads to a pooler
+    /// in transaction mode (see `PoolOptions::transaction_pooler`).
+    pub async fn connect(
+        &self,
+        transaction_pooler: bool,
+    ) -> Result<AsyncPgConnection, ConnectionError> {
+        let bad = |e: tokio_postgres::Error| ConnectionError::BadConnection(self.explain(&e));
+        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(bad)?;
+        if !transaction_pooler {
+            return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
+        }
+        // diesel's session set-up (`SET TIME ZONE`, `SET CLIENT_ENCODING`)
+        // prepares its statements; outside a transaction, a pooler may send
+        // a statement's preparation and its execution to different server
+        // connections ("prepared statement does not exist"). Run it inside
+        // one. (Its settings do not matter: values travel in binary, and the
+        // encoding is a startup parameter.)
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        client.batch_execute("BEGIN").await.map_err(bad)?;
+        let mut conn = AsyncPgConnection::try_from(client).await?;
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "COMMIT")
             .await
-            .map_err(|e| ConnectionError::BadConnection(self.explain(&e)))?;
-        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        Ok(conn)
     }
 
     /// A failed connection's error, naming the TLS settings when they are
@@ -206,9 +231,17 @@ impl Target {
 
 /// Opens a connection to `url` (see the module's doc).
 pub async fn establish(url: &str) -> Result<AsyncPgConnection, ConnectionError> {
+    establish_for(url, false).await
+}
+
+/// Opens a connection to `url`, through a pooler in transaction mode or not.
+pub async fn establish_for(
+    url: &str,
+    transaction_pooler: bool,
+) -> Result<AsyncPgConnection, ConnectionError> {
     Target::parse(url)
         .map_err(ConnectionError::InvalidConnectionUrl)?
-        .connect()
+        .connect(transaction_pooler)
         .await
 }
 

@@ -21,7 +21,7 @@ macro_rules! read {
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident| $body:block) => {{
         let mut pooled = $crate::storage::connect_for_read($pool, $ctx, $cancel).await?;
         let pg = pooled.cancel_token();
-        $crate::storage::cancellable(
+        let (result, cancel_sent) = $crate::storage::cancellable(
             pg,
             $cancel,
             pooled
@@ -33,7 +33,12 @@ macro_rules! read {
                     $body
                 }),
         )
-        .await
+        .await;
+        if cancel_sent {
+            // Out of the pool, and closed: see `cancellable`.
+            drop(deadpool::managed::Object::take(pooled));
+        }
+        result
     }};
 }
 
@@ -84,6 +89,9 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
     /// Server-side limit on any one statement.
     pub statement_timeout: Duration,
+    /// The URL leads to a pooler in transaction mode (PgBouncer before
+    /// 1.21): no statement stays prepared across transactions.
+    pub transaction_pooler: bool,
 }
 
 impl Default for PoolOptions {
@@ -92,6 +100,7 @@ impl Default for PoolOptions {
             max_size: 16,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            transaction_pooler: false,
         }
     }
 }
@@ -108,15 +117,28 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
     // transaction manager (and dropped), or fails its next query; readiness
     // pings the database on a connection of its own.
     config.recycling_method = RecyclingMethod::Fast;
+    let transaction_pooler = options.transaction_pooler;
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         Box::pin(async move {
-            let mut conn = connection::establish(&url).await?;
-            conn.batch_execute(&format!(
-                "SET statement_timeout = {statement_timeout_ms}; SET application_name = 'customers'"
-            ))
-            .await
-            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+            let mut conn = connection::establish_for(&url, transaction_pooler).await?;
+            if transaction_pooler {
+                // Behind a pooler in transaction mode, each transaction may
+                // run on another server connection: keep no statement
+                // prepared past its query (diesel then prepares each query
+                // anew, inside its transaction, and closes it there), and
+                // make no session setting (it would stay on whichever
+                // server connection ran it). Every transaction still sets
+                // its own statement_timeout (see `scope_sql`).
+                diesel_async::AsyncConnection::set_prepared_statement_cache_size(
+                    &mut conn,
+                    diesel::connection::CacheSize::Disabled,
+                );
+            } else {
+                conn.batch_execute(&format!("SET statement_timeout = {statement_timeout_ms}"))
+                    .await
+                    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+            }
             Ok(conn)
         })
     });
@@ -166,25 +188,29 @@ pub async fn connect_for_read(
 /// Runs `work`, a read on the connection that `pg` cancels, to its end. If
 /// `cancel` fires first (the caller went away, the server is stopping),
 /// PostgreSQL is asked to cancel the running statement, and `work` is still
-/// awaited: the transaction ends, the connection returns to the pool clean,
-/// and its backend is idle. Dropping `work` instead would leave the backend
-/// running its query while the pool opened a replacement, so that
-/// `--pool-max-size` would no longer bound the backends in use.
+/// awaited: the transaction ends and its backend is idle. Dropping `work`
+/// instead would leave the backend running its query while the pool opened
+/// a replacement, so that `--pool-max-size` would no longer bound the
+/// backends in use.
+///
+/// Returns, beside the result, whether a cancel request was sent. Such a
+/// connection must not serve again: PostgreSQL handles the request
+/// asynchronously, so it may land on whatever that connection runs next.
 pub async fn cancellable<T>(
     pg: tokio_postgres::CancelToken,
     cancel: &CancellationToken,
     work: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
+) -> (Result<T, Error>, bool) {
     tokio::pin!(work);
     tokio::select! {
-        result = &mut work => return result,
+        result = &mut work => return (result, false),
         _ = cancel.cancelled() => {}
     }
     if let Err(e) = pg.cancel_query(tokio_postgres::NoTls).await {
         tracing::debug!(error = %e, "cancel request failed");
     }
     let _ = work.await;
-    Err(Error::Cancelled)
+    (Err(Error::Cancelled), true)
 }
 
 /// The database role every service transaction acts as: not the tables'
@@ -287,9 +313,8 @@ pub async fn ping(pool: &Pool, conn: &mut Option<AsyncPgConnection>) -> Result<(
                 .map_err(|e| Error::Unavailable(e.to_string()))?,
         ),
     };
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
-        .execute(conn)
-        .await?;
+    // The simple protocol: nothing to prepare (see `apps::find_key`).
+    conn.batch_execute("SELECT 1").await?;
     Ok(())
 }
 
@@ -321,11 +346,15 @@ impl From<DieselError> for Error {
             {
                 Error::DeadlineExceeded
             }
-            // Server shutting down or restarting (the rest of SQLSTATE class
-            // 57), which diesel does not classify.
+            // Server shutting down or restarting, or an administrator's
+            // pg_cancel_backend (the rest of SQLSTATE class 57), which diesel
+            // does not classify: worth a retry.
             DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
                 if info.message().starts_with("terminating connection")
-                    || info.message().contains("the database system is") =>
+                    || info.message().contains("the database system is")
+                    || info
+                        .message()
+                        .contains("canceling statement due to user request") =>
             {
                 Error::Unavailable(info.message().to_owned())
             }

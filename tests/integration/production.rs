@@ -261,3 +261,193 @@ async fn connects_to_a_postgres_that_requires_tls_as_libpq_would() {
         .unwrap();
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A real PgBouncer in transaction pooling mode in front of the test
+/// cluster, stopped when dropped.
+struct PgBouncer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer (installed by `scripts/ensure-postgres`) for the
+    /// server of `database_url`, and waits until it accepts connections.
+    async fn start(database_url: &str) -> PgBouncer {
+        let server_port = database_url
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("customers-pgbouncer-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        // As root, PgBouncer runs as postgres, which writes its log here.
+        if nix::unistd::Uid::effective().is_root() {
+            let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {auth}\npool_mode = transaction\n\
+                 max_client_conn = 500\ndefault_pool_size = 8\n\
+                 ignore_startup_parameters = extra_float_digits\n\
+                 logfile = {log}\n",
+                auth = dir.join("users.txt").display(),
+                log = dir.join("pgbouncer.log").display(),
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("users.txt"),
+            "\"postgres\" \"\"\n\"customers_service\" \"\"\n",
+        )
+        .unwrap();
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("pgbouncer is not installed: run scripts/ensure-postgres");
+        let config = dir.join("pgbouncer.ini");
+        // PgBouncer refuses to run as root.
+        let mut command = if nix::unistd::Uid::effective().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", binary]).arg(&config);
+            c
+        } else {
+            let mut c = std::process::Command::new(binary);
+            c.arg(&config);
+            c
+        };
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pgbouncer did not start: {}",
+                std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        PgBouncer { child, port, dir }
+    }
+
+    /// `database_url` with the pooler's port.
+    fn url(&self, database_url: &str) -> String {
+        let (head, db) = database_url.rsplit_once('/').unwrap();
+        let (userinfo, _) = head.rsplit_once('@').unwrap();
+        format!("{userinfo}@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // runuser passes SIGTERM on to pgbouncer.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_through_pgbouncer_in_transaction_mode() {
+    let database = fresh_database().await;
+    let pgbouncer = PgBouncer::start(&database.url).await;
+    let mut svc = TestService::start_on(
+        pgbouncer.url(&database.url),
+        Options {
+            pool: customers::storage::PoolOptions {
+                max_size: 16,
+                transaction_pooler: true,
+                ..Default::default()
+            },
+            stream: customers::service::StreamOptions {
+                batch_size: 50,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    // Keys are written straight to PostgreSQL (by the owner, as in
+    // production); the service reads them through the pooler.
+    let key = create_key(&database.url, customers::domain::AppId::DEFAULT).await;
+    svc.client = client(svc.channel.clone(), &key);
+    seed(&database.url, 1_000).await;
+
+    // Every RPC, many times over, on 16 client connections that share 8
+    // server connections: statements prepared in one transaction must not
+    // be looked for in another.
+    let mut c = customer("bouncer@example.com");
+    c.external_id = Some("bouncer-1".into());
+    c.provider_ids.insert("stripe".into(), "cus_bouncer".into());
+    let c = create_new(&mut svc.client, c).await;
+    let calls = (0..32).map(|i| {
+        let mut client = svc.client.clone();
+        let id = c.id.clone();
+        tokio::spawn(async move {
+            for round in 0..5 {
+                let mut p = patch(&id);
+                p.metadata.insert(format!("k{i}"), round.to_string());
+                update(&mut client, p, &[]).await.unwrap();
+                assert_eq!(get_by_id(&mut client, &id).await.unwrap().id, id);
+                let again = create(&mut client, customer("bouncer@example.com"))
+                    .await
+                    .unwrap();
+                assert!(!again.created);
+                create_new(&mut client, customer(&format!("b{i}-{round}@example.com"))).await;
+            }
+        })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        call.unwrap();
+    }
+    let all = list(&mut svc.client, Default::default()).await.unwrap();
+    assert_eq!(all.len(), 1 + 1_000 + 32 * 5);
+    let found = list(
+        &mut svc.client,
+        pb::ListCustomersRequest {
+            query: "bouncer".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].metadata.len(), 32);
+    archive(&mut svc.client, &c.id, "").await.unwrap();
+    delete(&mut svc.client, &c.id, "").await.unwrap();
+    assert_error(
+        create(&mut svc.client, {
+            let mut taken = customer("b0-0@example.com");
+            taken.external_id = Some("fresh".into());
+            taken
+        })
+        .await,
+        Code::AlreadyExists,
+        "EMAIL_TAKEN",
+    );
+    drop(svc);
+    drop(pgbouncer);
+}
