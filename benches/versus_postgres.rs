@@ -1,0 +1,1047 @@
+//! The service beside PostgreSQL itself: for each operation, the calls per
+//! second (and latency) the service achieves over real gRPC sockets, next
+//! to the transactions per second PostgreSQL alone achieves for the minimal
+//! SQL of the same call, on the same server and the same data. The ratio
+//! is the cost of everything the service adds: HTTP/2 and protobuf, API key
+//! checks, a pooled connection, a transaction scoped to the call (`BEGIN`,
+//! the `SET LOCAL` batch, `COMMIT`), row-level security, the provider ids
+//! read with every customer.
+//!
+//! One PostgreSQL cluster with durable settings (fsync on, as the service's
+//! own embedded mode runs it, not the throwaway settings of the tests);
+//! `BENCH_CUSTOMERS` customers seeded in the default app; the release
+//! service binary as its own process, with its default pool of 16
+//! connections and no per-app limits. Then, per operation:
+//!
+//! - the service: 32 concurrent callers over 4 HTTP/2 connections for
+//!   `BENCH_SECONDS` (after a one-second warm-up); calls/s counts successful
+//!   calls only, and any non-OK status or wrong answer is an error;
+//! - PostgreSQL alone: `pgbench -n -M prepared -c 32 -j 2 -T BENCH_SECONDS`
+//!   with a script of the SQL the call cannot do without, right after, on
+//!   the cache the service warmed.
+//!
+//! Listing every customer is compared with a binary `COPY` of the same rows
+//! in the same order, in rows/s.
+//!
+//! ```sh
+//! cargo bench --bench versus_postgres          # 1,000,000 customers, 10 s per operation
+//! BENCH_CUSTOMERS=100000 BENCH_SECONDS=5 cargo bench --bench versus_postgres   # a quick run
+//! ```
+//!
+//! Everything shares one machine: the callers, the service, PostgreSQL and
+//! pgbench compete for its cores, so the figures are a comparison, not a
+//! capacity plan. `pgbench` is looked for beside `initdb` (following a
+//! symbolic link to the PostgreSQL bin directory), then in
+//! `pg_config --bindir`.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use customers::{
+    domain::{AppId, CustomerId},
+    embedded_pg::{self, Cluster, ClusterOptions},
+    pb::{self, customer_service_client::CustomerServiceClient, get_customer_request::Lookup},
+    storage,
+};
+use futures_util::StreamExt;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use uuid::Uuid;
+
+/// The default app (created by the first migration): every customer is
+/// seeded there, and the API key is one of its keys.
+const APP: &str = "00000000-0000-0000-0000-000000000000";
+/// Concurrent callers of each unary measurement, and pgbench's clients.
+const CALLERS: usize = 32;
+/// HTTP/2 connections the callers share, as a few client replicas would.
+const CHANNELS: usize = 4;
+/// Calls made before each measurement and not counted.
+const WARM_UP: Duration = Duration::from_secs(1);
+
+type Client = CustomerServiceClient<Channel>;
+type Auth = MetadataValue<Ascii>;
+
+fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let root = std::env::temp_dir().join(format!("customers-versus-pg-{}", std::process::id()));
+    let cluster = Cluster::start(&ClusterOptions {
+        root: root.clone(),
+        throwaway: false,
+        port: None,
+    })?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(run(&cluster, &settings));
+    drop(runtime);
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(root);
+    result
+}
+
+/// What to run, from the environment.
+struct Settings {
+    /// `BENCH_CUSTOMERS`: customers seeded (default 1,000,000).
+    customers: u64,
+    /// `BENCH_SECONDS`: length of each measurement (default 10).
+    seconds: u64,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match std::env::var(name) {
+                Ok(value) => value
+                    .trim()
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{name}={value:?}: {e}")),
+                Err(_) => Ok(default),
+            }
+        };
+        let settings = Self {
+            customers: number("BENCH_CUSTOMERS", 1_000_000)?,
+            seconds: number("BENCH_SECONDS", 10)?,
+        };
+        anyhow::ensure!(
+            settings.customers >= 1000,
+            "BENCH_CUSTOMERS must be at least 1000"
+        );
+        anyhow::ensure!(settings.seconds >= 1, "BENCH_SECONDS must be at least 1");
+        Ok(settings)
+    }
+}
+
+async fn run(cluster: &Cluster, settings: &Settings) -> anyhow::Result<()> {
+    let n = settings.customers;
+    storage::create_database(&cluster.url("postgres"), "bench", None).await?;
+    let url = cluster.url("bench");
+    storage::migrate(&url).await?;
+    let db = connect(&url).await?;
+
+    println!("Seeding {n} customers...");
+    let started = Instant::now();
+    seed(&db, n).await?;
+    let size: i64 = db
+        .query_one(
+            "SELECT pg_total_relation_size('customers') \
+                    + pg_total_relation_size('customer_provider_ids')",
+            &[],
+        )
+        .await?
+        .get(0);
+    println!(
+        "Seeded {n} customers in {:.1} s (with VACUUM ANALYZE and CHECKPOINT); \
+         tables and indexes: {} MiB",
+        started.elapsed().as_secs_f64(),
+        size >> 20
+    );
+
+    let pool = storage::pool(&url, &storage::PoolOptions::default())?;
+    let key = customers::admin::create_key(&pool, AppId::DEFAULT)
+        .await?
+        .reveal();
+    pool.close();
+    let auth: Auth = format!("Bearer {key}").parse()?;
+
+    let (server, endpoint) = start_service(&url).await?;
+    let mut clients = Vec::new();
+    for _ in 0..CHANNELS {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect()
+            .await?;
+        clients.push(CustomerServiceClient::new(channel));
+    }
+    let bench = Bench {
+        clients,
+        auth,
+        customers: n,
+        duration: Duration::from_secs(settings.seconds),
+        pgbench: PgBench::new(&url, cluster.root(), settings.seconds)?,
+        service_pid: server.0.id(),
+    };
+    println!(
+        "Service: {CALLERS} callers over {CHANNELS} connections, {} s per operation; \
+         PostgreSQL alone: {}\n",
+        settings.seconds,
+        bench.pgbench.command_line()
+    );
+
+    // Reads first, on the freshly seeded table; then the writes.
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for call in [Call::GetById, Call::GetByExternalId] {
+        rows.push(bench.compare(call, &mut notes).await?);
+    }
+    rows.push(bench.list_everything(&db, &mut notes).await?);
+    for call in [
+        Call::Search,
+        Call::CreateNew,
+        Call::CreateByEmail,
+        Call::CreateByExternalId,
+        Call::Update,
+    ] {
+        rows.push(bench.compare(call, &mut notes).await?);
+    }
+    let peak = rss_kib(server.0.id(), "VmHWM")?;
+    drop(server);
+
+    println!(
+        "\n{n} customers, {CALLERS} concurrent callers, {} s per operation:\n",
+        settings.seconds
+    );
+    print_table(&rows);
+    println!(
+        "\nService peak RSS (VmHWM): {:.1} MiB",
+        peak as f64 / 1024.0
+    );
+    for note in notes {
+        println!("- {note}");
+    }
+    Ok(())
+}
+
+/// A plain PostgreSQL connection as the tables' owner (row-level security
+/// does not apply), for seeding, COPY and checks.
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+// ---------------------------------------------------------------------------
+// Seeding
+
+/// Customer `n`'s id in SQL, for an expression `n` of type bigint: the same
+/// UUID as [`customer_uuid`], so that pgbench scripts compute the ids the
+/// service callers use.
+fn id_sql(n: &str) -> String {
+    format!("('01900000-0000-7000-8000-' || lpad(to_hex({n}), 12, '0'))::uuid")
+}
+
+/// Customer `n`'s id: a fixed UUIDv7-shaped prefix and `n` in the last 48
+/// bits (see [`id_sql`]).
+fn customer_uuid(n: u64) -> Uuid {
+    Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 | u128::from(n))
+}
+
+/// Customer `n`'s id as the service shows it (`cus_...`).
+fn customer_id(n: u64) -> String {
+    CustomerId(customer_uuid(n)).to_string()
+}
+
+/// Inserts customers 1 to `n` in the default app, each with a Stripe id,
+/// created over the past year in the order of `n` (so that listing order is
+/// `n` order), in chunks of one transaction each; then VACUUM ANALYZE (the
+/// state autovacuum would reach) and a CHECKPOINT, so that the seeding's
+/// writes are not flushed during the measurements.
+async fn seed(db: &tokio_postgres::Client, n: u64) -> anyhow::Result<()> {
+    const CHUNK: u64 = 100_000;
+    let id = id_sql("n");
+    for first in (1..=n).step_by(CHUNK as usize) {
+        let last = (first + CHUNK - 1).min(n);
+        db.batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO customers (app_id, id, external_id, email, name, phone,
+                                    address_city, address_country, metadata,
+                                    create_time, update_time)
+             SELECT '{APP}', {id}, 'user_' || n, 'customer' || n || '@example.com',
+                    'Customer Number ' || n, '+14155550100', 'San Francisco', 'US',
+                    jsonb_build_object('plan', 'pro', 'seat_count', n::text), t, t
+             FROM generate_series({first}::bigint, {last}::bigint) AS n,
+                  LATERAL (SELECT now() - interval '365 days' * (({n} - n)::float8 / {n}) AS t)
+                      AS created;
+             INSERT INTO customer_provider_ids (app_id, customer_id, provider,
+                                                provider_customer_id)
+             SELECT '{APP}', {id}, 'stripe', 'cus_' || n
+             FROM generate_series({first}::bigint, {last}::bigint) AS n;
+             COMMIT;"
+        ))
+        .await?;
+    }
+    // VACUUM cannot run inside the implicit transaction of a batch.
+    db.batch_execute("VACUUM (ANALYZE) customers").await?;
+    db.batch_execute("VACUUM (ANALYZE) customer_provider_ids")
+        .await?;
+    db.batch_execute("CHECKPOINT").await?;
+
+    // The SQL and the Rust ids must agree, or every lookup would miss.
+    let stored: String = db
+        .query_one(
+            &format!("SELECT id::text FROM customers WHERE external_id = 'user_{n}'"),
+            &[],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        stored == customer_uuid(n).to_string(),
+        "seeded id {stored} is not {}",
+        customer_uuid(n)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The service
+
+/// Kills the server when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the release binary on `url` and waits until it is ready.
+async fn start_service(url: &str) -> anyhow::Result<(Server, String)> {
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_customers"))
+            .env("DATABASE_URL", url)
+            .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CUSTOMERS_METRICS_LISTEN", "off")
+            .env("RUST_LOG", "warn")
+            // Measure the service, not the per-app limits: no call rate
+            // limit, and no limit on open streams (the search runs 32
+            // streams at once, above the default 16).
+            .env("CUSTOMERS_APP_RATE_LIMIT", "0")
+            .env("CUSTOMERS_APP_MAX_STREAMS", "0")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_serving(&endpoint).await?;
+    Ok((server, endpoint))
+}
+
+async fn wait_serving(endpoint: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect()
+            .await
+            && HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: "customers.v1.CustomerService".into(),
+                })
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A memory figure of `/proc/<pid>/status`, in KiB.
+fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
+}
+
+// ---------------------------------------------------------------------------
+// The operations
+
+/// A call measured with concurrent callers, with its pgbench counterpart.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    GetById,
+    GetByExternalId,
+    /// ListCustomers with a `query` that matches about 11 customers
+    /// ("customer12345" matches customer12345 and customer123450 to
+    /// customer123459), limit 20.
+    Search,
+    /// A customer with a new email every call.
+    CreateNew,
+    /// The idempotent hit: an existing customer's email, no external id.
+    CreateByEmail,
+    /// The idempotent hit: an existing customer's external id.
+    CreateByExternalId,
+    /// A new name for an existing customer (always a change, so always a
+    /// write: an update to the same name returns early).
+    Update,
+}
+
+/// Makes every new email and every new name unique within the run.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::GetById => "GetCustomer by id",
+            Call::GetByExternalId => "GetCustomer by external id",
+            Call::Search => "ListCustomers query, limit 20",
+            Call::CreateNew => "CreateCustomer, new",
+            Call::CreateByEmail => "CreateCustomer again, by email",
+            Call::CreateByExternalId => "CreateCustomer again, by external id",
+            Call::Update => "UpdateCustomer name",
+        }
+    }
+
+    /// One call about a random customer of 1 to `customers`. A non-OK
+    /// status, or an answer that is not the one expected, is an error.
+    async fn once(self, client: &mut Client, auth: &Auth, customers: u64) -> Result<(), String> {
+        let n = rand::random_range(1..=customers);
+        let expected = customer_id(n);
+        let existing = || pb::Customer {
+            external_id: matches!(self, Call::CreateByExternalId).then(|| format!("user_{n}")),
+            email: format!("customer{n}@example.com"),
+            name: format!("Customer Number {n}"),
+            ..Default::default()
+        };
+        match self {
+            Call::GetById | Call::GetByExternalId => {
+                let lookup = match self {
+                    Call::GetById => Lookup::Id(expected.clone()),
+                    _ => Lookup::ExternalId(format!("user_{n}")),
+                };
+                let request = pb::GetCustomerRequest {
+                    lookup: Some(lookup),
+                };
+                let response = client
+                    .get_customer(authorized(request, auth))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                same_customer(response.customer.as_ref(), &expected)
+            }
+            Call::Search => {
+                let (low, high) = search_range(customers);
+                let request = pb::ListCustomersRequest {
+                    query: format!("customer{}", rand::random_range(low..=high)),
+                    limit: 20,
+                    ..Default::default()
+                };
+                let mut stream = client
+                    .list_customers(authorized(request, auth))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let mut received = 0;
+                while stream.message().await.map_err(status)?.is_some() {
+                    received += 1;
+                }
+                match received {
+                    1..=20 => Ok(()),
+                    _ => Err(format!("the search found {received} customers")),
+                }
+            }
+            Call::CreateNew => {
+                let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+                let request = pb::CreateCustomerRequest {
+                    customer: Some(pb::Customer {
+                        email: format!("svc-new-{sequence}@example.com"),
+                        name: format!("New Customer {sequence}"),
+                        ..Default::default()
+                    }),
+                };
+                let response = client
+                    .create_customer(authorized(request, auth))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                match response.created {
+                    true => Ok(()),
+                    false => Err("a new customer was not created".into()),
+                }
+            }
+            Call::CreateByEmail | Call::CreateByExternalId => {
+                let request = pb::CreateCustomerRequest {
+                    customer: Some(existing()),
+                };
+                let response = client
+                    .create_customer(authorized(request, auth))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if response.created {
+                    return Err(format!("customer {n} was created again"));
+                }
+                same_customer(response.customer.as_ref(), &expected)
+            }
+            Call::Update => {
+                let name = format!(
+                    "Customer Number {n} v{}",
+                    SEQUENCE.fetch_add(1, Ordering::Relaxed)
+                );
+                let request = pb::UpdateCustomerRequest {
+                    customer: Some(pb::Customer {
+                        id: expected,
+                        name: name.clone(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["name".into()],
+                    }),
+                    external_id: String::new(),
+                };
+                let response = client
+                    .update_customer(authorized(request, auth))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                match response.customer {
+                    Some(customer) if customer.name == name => Ok(()),
+                    _ => Err(format!("customer {n} was not renamed")),
+                }
+            }
+        }
+    }
+
+    /// The pgbench script: the SQL that the call cannot do without, as the
+    /// tables' owner. `:n` is a random customer, as in [`Call::once`].
+    fn script(self, customers: u64) -> String {
+        let random_n = format!("\\set n random(1, {customers})\n");
+        let id = id_sql("CAST(:n AS bigint)");
+        let n = "CAST(:n AS text)";
+        match self {
+            Call::GetById => {
+                format!("{random_n}SELECT * FROM customers WHERE app_id = '{APP}' AND id = {id};\n")
+            }
+            Call::GetByExternalId => format!(
+                "{random_n}SELECT * FROM customers WHERE app_id = '{APP}' \
+                 AND external_id = 'user_' || {n} AND state = 'active';\n"
+            ),
+            // The page function the service calls, with the service's
+            // pattern; the app comes from the session (see `pgoptions`).
+            Call::Search => {
+                let (low, high) = search_range(customers);
+                format!(
+                    "\\set q random({low}, {high})\n\
+                     SELECT * FROM customers_page(NULL, '%customer' || CAST(:q AS text) || '%', \
+                     NULL, NULL, NULL, false, false, NULL, NULL, 20);\n"
+                )
+            }
+            // A random UUID in the email: no collision in practice, and
+            // none with the service's `svc-new-<sequence>` emails.
+            Call::CreateNew => format!(
+                "INSERT INTO customers (app_id, id, email, name) VALUES ('{APP}', \
+                 gen_random_uuid(), 'pg-new-' || gen_random_uuid() || '@example.com', \
+                 'New Customer');\n"
+            ),
+            // The insert finds the key taken and does nothing; then the
+            // holder is read, as the service does.
+            Call::CreateByEmail => format!(
+                "{random_n}INSERT INTO customers (app_id, id, email, name) VALUES ('{APP}', \
+                 gen_random_uuid(), 'customer' || {n} || '@example.com', \
+                 'Customer Number ' || {n}) ON CONFLICT DO NOTHING;\n\
+                 SELECT * FROM customers WHERE app_id = '{APP}' AND state = 'active' \
+                 AND email_lower = lower('customer' || {n} || '@example.com');\n"
+            ),
+            Call::CreateByExternalId => format!(
+                "{random_n}INSERT INTO customers (app_id, id, external_id, email, name) \
+                 VALUES ('{APP}', gen_random_uuid(), 'user_' || {n}, \
+                 'customer' || {n} || '@example.com', 'Customer Number ' || {n}) \
+                 ON CONFLICT DO NOTHING;\n\
+                 SELECT * FROM customers WHERE app_id = '{APP}' AND state = 'active' \
+                 AND external_id = 'user_' || {n};\n"
+            ),
+            Call::Update => format!(
+                "{random_n}\\set v random(1, 1000000000)\n\
+                 UPDATE customers SET name = 'Customer Number ' || {n} || ' v' || \
+                 CAST(:v AS text), revision = revision + 1, update_time = now() \
+                 WHERE app_id = '{APP}' AND id = {id};\n"
+            ),
+        }
+    }
+
+    /// `PGOPTIONS` for pgbench: the page function takes its app from the
+    /// session's `customers.app_id`, as it takes it from the service's
+    /// transaction.
+    fn pgoptions(self) -> Option<String> {
+        matches!(self, Call::Search).then(|| format!("-c customers.app_id={APP}"))
+    }
+}
+
+/// The numbers searched for: "customer<q>" with q in the second-lowest
+/// decade of 1..=customers matches q and q0 to q9 (about 11 customers).
+fn search_range(customers: u64) -> (u64, u64) {
+    let low = (customers / 100).max(1);
+    (low, (customers / 10 - 1).max(low))
+}
+
+fn authorized<T>(message: T, auth: &Auth) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
+fn status(status: tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+fn same_customer(customer: Option<&pb::Customer>, expected: &str) -> Result<(), String> {
+    match customer {
+        Some(customer) if customer.id == expected => Ok(()),
+        Some(customer) => Err(format!("got {} instead of {expected}", customer.id)),
+        None => Err("no customer in the response".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+/// What every measurement shares.
+struct Bench {
+    /// Clients over `CHANNELS` connections to the service.
+    clients: Vec<Client>,
+    auth: Auth,
+    /// Customers seeded: calls pick one of 1 to this.
+    customers: u64,
+    /// Length of each measurement.
+    duration: Duration,
+    pgbench: PgBench,
+    /// The service's process, whose CPU time is counted.
+    service_pid: u32,
+}
+
+/// One line of the table.
+struct Row {
+    operation: &'static str,
+    /// Calls/s (or rows/s when `rows` is set): successful calls only.
+    service: f64,
+    rows: bool,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    errors: u64,
+    /// CPU time of the service's process per call (or per row), in µs.
+    service_cpu_us: f64,
+    /// pgbench's tps (or COPY's rows/s); `None` when it failed.
+    postgres: Option<f64>,
+    /// pgbench's latency average.
+    postgres_ms: Option<f64>,
+}
+
+/// What the service's callers achieved.
+struct Measured {
+    calls_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    first_error: Option<String>,
+    /// CPU time of the service's process per call, errors included.
+    cpu_us_per_call: f64,
+}
+
+impl Bench {
+    /// The service's figures for `call` (after a warm-up), then pgbench's.
+    async fn compare(&self, call: Call, notes: &mut Vec<String>) -> anyhow::Result<Row> {
+        self.measure(call, WARM_UP).await?;
+        let service = self.measure(call, self.duration).await?;
+        if let Some(error) = &service.first_error {
+            notes.push(format!(
+                "{}: {} errors; the first: {error}",
+                call.name(),
+                service.errors
+            ));
+        }
+        let postgres = self
+            .pgbench
+            .run(&call.script(self.customers), call.pgoptions().as_deref())
+            .await?;
+        if let Some(failure) = &postgres.failure {
+            notes.push(format!("{}: pgbench: {failure}", call.name()));
+        }
+        println!(
+            "{:<38} service {:>8.0} calls/s ({} errors); pgbench {}",
+            call.name(),
+            service.calls_per_s,
+            service.errors,
+            postgres
+                .tps
+                .map_or_else(|| "failed".into(), |tps| format!("{tps:.0} tps"))
+        );
+        Ok(Row {
+            operation: call.name(),
+            service: service.calls_per_s,
+            rows: false,
+            p50_ms: Some(service.p50_ms),
+            p99_ms: Some(service.p99_ms),
+            errors: service.errors,
+            service_cpu_us: service.cpu_us_per_call,
+            postgres: postgres.tps,
+            postgres_ms: postgres.latency_ms,
+        })
+    }
+
+    /// `CALLERS` callers, spread over the connections, each making `call`
+    /// back to back until `duration` has passed.
+    async fn measure(&self, call: Call, duration: Duration) -> anyhow::Result<Measured> {
+        let cpu_before = cpu_time(self.service_pid)?;
+        let started = Instant::now();
+        let deadline = started + duration;
+        let mut tasks = Vec::new();
+        for caller in 0..CALLERS {
+            let mut client = self.clients[caller % self.clients.len()].clone();
+            let auth = self.auth.clone();
+            let customers = self.customers;
+            tasks.push(tokio::spawn(async move {
+                let mut latencies_ms = Vec::new();
+                let mut errors = 0u64;
+                let mut first_error = None;
+                while Instant::now() < deadline {
+                    let at = Instant::now();
+                    match call.once(&mut client, &auth, customers).await {
+                        Ok(()) => latencies_ms.push(at.elapsed().as_secs_f64() * 1000.0),
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                }
+                (latencies_ms, errors, first_error)
+            }));
+        }
+        let mut latencies_ms = Vec::new();
+        let mut errors = 0;
+        let mut first_error = None;
+        for task in tasks {
+            match task.await {
+                Ok((latencies, caller_errors, caller_first)) => {
+                    latencies_ms.extend(latencies);
+                    errors += caller_errors;
+                    first_error = first_error.or(caller_first);
+                }
+                Err(panic) => {
+                    errors += 1;
+                    first_error.get_or_insert(format!("a caller panicked: {panic}"));
+                }
+            }
+        }
+        // Calls still running at the deadline were waited for: the rate is
+        // over the whole time taken.
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_time(self.service_pid)? - cpu_before;
+        let calls = latencies_ms.len() as u64 + errors;
+        latencies_ms.sort_by(f64::total_cmp);
+        let at = |q: f64| match latencies_ms.len() {
+            0 => f64::NAN,
+            len => latencies_ms[((len - 1) as f64 * q) as usize],
+        };
+        Ok(Measured {
+            calls_per_s: latencies_ms.len() as f64 / elapsed,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            errors,
+            first_error,
+            cpu_us_per_call: cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
+        })
+    }
+
+    /// Every active customer through one ListCustomers stream (the default
+    /// request), then the same rows in the same order through a binary COPY.
+    async fn list_everything(
+        &self,
+        db: &tokio_postgres::Client,
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<Row> {
+        const NAME: &str = "ListCustomers, every customer";
+        let select = format!(
+            "SELECT * FROM customers WHERE app_id = '{APP}' AND state = 'active' \
+             ORDER BY create_time, id"
+        );
+        let expected: i64 = db
+            .query_one(&format!("SELECT count(*) FROM ({select}) AS every"), &[])
+            .await?
+            .get(0);
+        let expected = expected as u64;
+
+        let cpu_before = cpu_time(self.service_pid)?;
+        let started = Instant::now();
+        let mut received = 0u64;
+        let mut error = None;
+        let request = authorized(pb::ListCustomersRequest::default(), &self.auth);
+        match self.clients[0].clone().list_customers(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => received += 1,
+                        Ok(None) => break,
+                        Err(e) => {
+                            error = Some(status(e));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => error = Some(status(e)),
+        }
+        let service_elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_time(self.service_pid)? - cpu_before;
+        if error.is_none() && received != expected {
+            error = Some(format!("streamed {received} of {expected} customers"));
+        }
+        if let Some(error) = &error {
+            notes.push(format!("{NAME}: {error}"));
+        }
+
+        // The COPY's bytes are read and dropped, as the stream's messages
+        // are.
+        let started = Instant::now();
+        let copy = db
+            .copy_out(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
+            .await?;
+        futures_util::pin_mut!(copy);
+        let mut bytes = 0usize;
+        while let Some(chunk) = copy.next().await {
+            bytes += chunk?.len();
+        }
+        let copy_elapsed = started.elapsed().as_secs_f64();
+        notes.push(format!(
+            "{NAME}: {received} customers streamed in {service_elapsed:.2} s; \
+             COPY of {expected} rows ({} MiB) in {copy_elapsed:.2} s",
+            bytes >> 20
+        ));
+        println!(
+            "{NAME:<38} service {:>8.0} rows/s; COPY {:.0} rows/s",
+            received as f64 / service_elapsed,
+            expected as f64 / copy_elapsed
+        );
+        Ok(Row {
+            operation: NAME,
+            service: received as f64 / service_elapsed,
+            rows: true,
+            p50_ms: None,
+            p99_ms: None,
+            errors: u64::from(error.is_some()),
+            service_cpu_us: cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
+            postgres: Some(expected as f64 / copy_elapsed),
+            postgres_ms: None,
+        })
+    }
+}
+
+/// CPU time a process has used so far (user and system, all its threads),
+/// from `/proc/<pid>/stat`: fields 14 and 15, in clock ticks of 1/100 s
+/// (Linux's USER_HZ).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after "pid (comm)" start at field 3; comm may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    match (ticks(14), ticks(15)) {
+        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 10)),
+        _ => anyhow::bail!("no CPU times in /proc/{pid}/stat"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// pgbench
+
+/// pgbench against the bench database, with `CALLERS` clients.
+struct PgBench {
+    program: PathBuf,
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    dbname: String,
+    /// Where the scripts are written.
+    dir: PathBuf,
+    seconds: u64,
+}
+
+/// What one pgbench run reported.
+struct PgBenchResult {
+    tps: Option<f64>,
+    latency_ms: Option<f64>,
+    /// Why the run did not go cleanly (exit status, failed transactions).
+    failure: Option<String>,
+}
+
+impl PgBench {
+    fn new(url: &str, dir: &Path, seconds: u64) -> anyhow::Result<Self> {
+        let config = tokio_postgres::Config::from_str(url)?;
+        let host = match config.get_hosts() {
+            [tokio_postgres::config::Host::Tcp(host)] => host.clone(),
+            _ => anyhow::bail!("expected one TCP host in the database URL"),
+        };
+        Ok(Self {
+            program: find_pgbench()?,
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            user: config.get_user().unwrap_or("postgres").to_owned(),
+            password: config
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            dbname: config.get_dbname().unwrap_or("postgres").to_owned(),
+            dir: dir.to_owned(),
+            seconds,
+        })
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "-n".into(), // no pgbench tables to vacuum
+            "-M".into(),
+            "prepared".into(),
+            "-c".into(),
+            CALLERS.to_string(),
+            "-j".into(),
+            "2".into(),
+            "-T".into(),
+            self.seconds.to_string(),
+        ]
+    }
+
+    /// The command, for the record (scripts and connection left out).
+    fn command_line(&self) -> String {
+        format!("pgbench {} -f <script>", self.args().join(" "))
+    }
+
+    /// Runs `script`; `pgoptions` sets session settings.
+    async fn run(&self, script: &str, pgoptions: Option<&str>) -> anyhow::Result<PgBenchResult> {
+        let path = self.dir.join("pgbench-script.sql");
+        std::fs::write(&path, script)?;
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(self.args())
+            .arg("-f")
+            .arg(&path)
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
+            .args(["-U", &self.user, &self.dbname]);
+        if let Some(password) = &self.password {
+            command.env("PGPASSWORD", password);
+        }
+        if let Some(options) = pgoptions {
+            command.env("PGOPTIONS", options);
+        }
+        let output = command.output().await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // "tps = 12345.678901 (without initial connection time)",
+        // "latency average = 2.590 ms",
+        // "number of failed transactions: 0 (0.000%)".
+        let value = |prefix: &str| -> Option<f64> {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let failed = value("number of failed transactions: ").unwrap_or(0.0);
+        let failure = if !output.status.success() {
+            let reason = stderr
+                .lines()
+                .find(|l| l.contains("error") || l.contains("ERROR"))
+                .unwrap_or("no message");
+            Some(format!("exited with {}: {reason}", output.status))
+        } else if failed > 0.0 {
+            Some(format!("{failed} failed transactions"))
+        } else {
+            None
+        };
+        Ok(PgBenchResult {
+            tps: value("tps = ").filter(|_| output.status.success()),
+            latency_ms: value("latency average = "),
+            failure,
+        })
+    }
+}
+
+/// pgbench ships beside `initdb` in PostgreSQL's bin directory, which may
+/// be reached through a symbolic link (`/usr/local/bin/initdb`).
+fn find_pgbench() -> anyhow::Result<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(bin) = embedded_pg::find_bin_dir() {
+        if let Some(dir) = bin
+            .join("initdb")
+            .canonicalize()
+            .ok()
+            .and_then(|initdb| initdb.parent().map(Path::to_owned))
+        {
+            dirs.push(dir);
+        }
+        dirs.push(bin);
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
+        && output.status.success()
+    {
+        dirs.push(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim(),
+        ));
+    }
+    dirs.into_iter()
+        .map(|dir| dir.join("pgbench"))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!("pgbench not found beside initdb nor in `pg_config --bindir`")
+        })
+}
+
+// ---------------------------------------------------------------------------
+// The table
+
+/// The table: the service's figures, PostgreSQL's, and their ratio (above 1
+/// would mean the service outran PostgreSQL alone).
+fn print_table(rows: &[Row]) {
+    let cell = |value: Option<f64>, decimals: usize| {
+        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+    };
+    println!(
+        "{:<38} {:>10} {:<7} {:>7} {:>7} {:>6} {:>8} {:>10} {:<6} {:>9} {:>10}",
+        "operation",
+        "service",
+        "",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "svc CPU",
+        "PostgreSQL",
+        "",
+        "PG avg ms",
+        "service/PG"
+    );
+    for row in rows {
+        let (unit, pg_unit) = match row.rows {
+            true => ("rows/s", "rows/s"),
+            false => ("calls/s", "tps"),
+        };
+        println!(
+            "{:<38} {:>10.0} {:<7} {:>7} {:>7} {:>6} {:>8} {:>10} {:<6} {:>9} {:>10}",
+            row.operation,
+            row.service,
+            unit,
+            cell(row.p50_ms, 2),
+            cell(row.p99_ms, 2),
+            row.errors,
+            format!("{:.0} µs", row.service_cpu_us),
+            cell(row.postgres, 0),
+            pg_unit,
+            cell(row.postgres_ms, 2),
+            cell(row.postgres.map(|pg| row.service / pg), 2),
+        );
+    }
+    println!(
+        "\nsvc CPU: the service process's CPU time per call (per row for the \
+         full listing), all threads; PostgreSQL's own work is not in it."
+    );
+}
