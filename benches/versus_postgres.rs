@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         root: root.clone(),
         throwaway: false,
         port: None,
+        tls: None,
     })?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(run(&cluster, &settings));
