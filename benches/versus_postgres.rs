@@ -638,8 +638,10 @@ struct Row {
 /// What the service's callers achieved.
 struct Measured {
     calls_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    /// Latency percentiles of the successful calls; `None` if there were
+    /// none.
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
     errors: u64,
     first_error: Option<String>,
     /// CPU time of the service's process per call, errors included.
@@ -678,8 +680,8 @@ impl Bench {
             operation: call.name(),
             service: service.calls_per_s,
             rows: false,
-            p50_ms: Some(service.p50_ms),
-            p99_ms: Some(service.p99_ms),
+            p50_ms: service.p50_ms,
+            p99_ms: service.p99_ms,
             errors: service.errors,
             service_cpu_us: service.cpu_us_per_call,
             postgres: postgres.tps,
@@ -738,8 +740,8 @@ impl Bench {
         let calls = latencies_ms.len() as u64 + errors;
         latencies_ms.sort_by(f64::total_cmp);
         let at = |q: f64| match latencies_ms.len() {
-            0 => f64::NAN,
-            len => latencies_ms[((len - 1) as f64 * q) as usize],
+            0 => None,
+            len => Some(latencies_ms[((len - 1) as f64 * q) as usize]),
         };
         Ok(Measured {
             calls_per_s: latencies_ms.len() as f64 / elapsed,
