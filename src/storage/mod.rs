@@ -46,6 +46,7 @@ pub mod apps;
 pub mod connection;
 pub mod customers;
 mod models;
+pub mod plans;
 pub mod schema;
 
 use std::time::Duration;

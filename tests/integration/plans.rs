@@ -5,7 +5,7 @@
 use customers::{
     context::RequestContext,
     domain::{AppId, CustomerId},
-    storage::{self, customers::SampleKeys},
+    storage::{self, plans::SampleKeys},
 };
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 
@@ -40,7 +40,7 @@ async fn every_query_shape_uses_an_index_under_row_level_security() {
     let plans = conn
         .transaction::<_, customers::error::Error, _>(async |conn| {
             storage::scope(conn, &ctx).await?;
-            storage::customers::explain_query_shapes(conn, AppId::DEFAULT, &keys).await
+            storage::plans::explain_query_shapes(conn, AppId::DEFAULT, &keys).await
         })
         .await
         .unwrap();

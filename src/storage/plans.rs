@@ -1,0 +1,202 @@
+//! The plans of the service's query shapes, for the tests and benchmarks
+//! that check that every one of them uses an index under row-level
+//! security. The shapes are built by the very functions the service uses.
+
+use diesel::{
+    pg::Pg,
+    prelude::*,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
+    sql_types,
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+use super::{
+    customers::{
+        active_by_email, active_by_external_id, archived_by_external_id, customer_by_id,
+        like_pattern, provider_id_holder_query, provider_ids_of_many,
+    },
+    models::CustomerRow,
+    schema::customers as c,
+};
+use crate::{
+    domain::{AppId, CustomerId},
+    error::Error,
+};
+
+/// Keys of existing rows, for [`explain_query_shapes`].
+#[derive(Debug, Clone)]
+pub struct SampleKeys {
+    pub id: CustomerId,
+    pub email: String,
+    pub external_id: String,
+    pub provider: String,
+    pub provider_id: String,
+}
+
+/// `EXPLAIN` of a query, run with the query's own binds.
+#[derive(Debug, Clone, Copy)]
+struct Explain<Q>(Q);
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Explain<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("EXPLAIN ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q> QueryId for Explain<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q> Query for Explain<Q> {
+    type SqlType = sql_types::Text;
+}
+
+async fn explain<Q: QueryFragment<Pg> + Send>(
+    conn: &mut AsyncPgConnection,
+    query: Q,
+) -> Result<String, Error> {
+    let lines: Vec<String> = Explain(query).load(conn).await?;
+    Ok(lines.join("\n"))
+}
+
+/// The plan of every query shape the service runs, for tests and
+/// benchmarks that check them. The point lookups are built by the same
+/// functions the service uses and explained on `conn` as it stands: scope it
+/// exactly as the service scopes its transactions ([`super::scope`]) so that
+/// the plans are the service's, row-level security included. The list pages
+/// run inside `customers_page` with the tables' owner's rights: their SQL is
+/// explained after `RESET ROLE`, the way the function runs it (so call this
+/// on a connection of the tables' owner).
+#[doc(hidden)]
+pub async fn explain_query_shapes(
+    conn: &mut AsyncPgConnection,
+    app: AppId,
+    sample: &SampleKeys,
+) -> Result<Vec<(String, String)>, Error> {
+    let app_id = app.0;
+    let ids = [sample.id.uuid()];
+    let mut plans = vec![
+        (
+            "customer by id".to_owned(),
+            explain(
+                conn,
+                customer_by_id(app_id, sample.id.uuid()).select(CustomerRow::as_select()),
+            )
+            .await?,
+        ),
+        (
+            "active customer by external id".to_owned(),
+            explain(
+                conn,
+                active_by_external_id(app_id, &sample.external_id).select(CustomerRow::as_select()),
+            )
+            .await?,
+        ),
+        (
+            "archived customers by external id".to_owned(),
+            explain(
+                conn,
+                archived_by_external_id(app_id, &sample.external_id)
+                    .select(CustomerRow::as_select()),
+            )
+            .await?,
+        ),
+        (
+            "holder of an email".to_owned(),
+            explain(conn, active_by_email(app_id, &sample.email).select(c::id)).await?,
+        ),
+        (
+            "holder of a provider id".to_owned(),
+            explain(
+                conn,
+                provider_id_holder_query(app_id, &sample.provider, &sample.provider_id),
+            )
+            .await?,
+        ),
+        (
+            "provider ids of customers".to_owned(),
+            explain(conn, provider_ids_of_many(app_id, &ids)).await?,
+        ),
+    ];
+
+    conn.batch_execute("RESET ROLE").await?;
+    let pattern = like_pattern(&sample.email[..sample.email.len().min(8)]);
+    let metadata = serde_json::json!({ "parity": "1" }).to_string();
+    let position = "now() - interval '1 minute'";
+    // (name, filters as customers_page_sql takes them, the parameters).
+    let pages = [
+        (
+            "page, oldest first",
+            "false, false, false, false, false, false, false, false",
+        ),
+        (
+            "page, newest first, resumed",
+            "false, false, false, false, false, false, true, true",
+        ),
+        (
+            "page by email",
+            "true, false, false, false, false, false, false, false",
+        ),
+        (
+            "page by email, archived too",
+            "true, false, false, false, false, true, false, false",
+        ),
+        (
+            "page by query",
+            "false, true, false, false, false, false, false, false",
+        ),
+        (
+            "page by query, resumed",
+            "false, true, false, false, false, false, false, true",
+        ),
+        (
+            "page by metadata",
+            "false, false, false, false, true, false, false, false",
+        ),
+        (
+            "page by creation range",
+            "false, false, true, true, false, false, false, false",
+        ),
+    ];
+    for (name, filters) in pages {
+        #[derive(QueryableByName)]
+        struct Sql {
+            #[diesel(sql_type = sql_types::Text)]
+            sql: String,
+        }
+        let Sql { sql } = diesel::sql_query(format!("SELECT customers_page_sql({filters}) AS sql"))
+            .get_result(conn)
+            .await?;
+        conn.batch_execute(&format!(
+            "PREPARE page_shape (uuid, text, text, timestamptz, timestamptz, jsonb, \
+             timestamptz, uuid, integer) AS {sql}"
+        ))
+        .await?;
+        #[derive(QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = sql_types::Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let plan: Vec<Line> = diesel::sql_query(format!(
+            "EXPLAIN EXECUTE page_shape('{app_id}', lower({email}), {pattern}, \
+             {position}, now(), {metadata}, {position}, '{id}', 500)",
+            email = quote(&sample.email),
+            pattern = quote(&pattern),
+            metadata = quote(&metadata),
+            id = sample.id.uuid(),
+        ))
+        .load(conn)
+        .await?;
+        conn.batch_execute("DEALLOCATE page_shape").await?;
+        let plan = plan.into_iter().map(|l| l.line).collect::<Vec<_>>();
+        plans.push((name.to_owned(), plan.join("\n")));
+    }
+    Ok(plans)
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
