@@ -242,19 +242,20 @@ async fn connects_to_a_postgres_that_requires_tls_as_libpq_would() {
     let mut svc = TestService::start_on(secure, Options::default()).await;
     let c = create_new(&mut svc.client, customer("tls@example.com")).await;
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(svc.channel.clone());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
+    // Readiness pings over its own TLS connection, and becomes SERVING.
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(svc.channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
             service: "customers.v1.CustomerService".into(),
         })
         .await
         .unwrap()
-        .into_inner()
-        .status();
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving
-    );
+        .into_inner();
+    health_becomes(
+        &mut watch,
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
     drop(svc);
     tokio::task::spawn_blocking(move || cluster.stop())
         .await

@@ -101,6 +101,14 @@ async fn abandoned_reads_stop_in_postgres_and_the_pool_bounds_the_backends() {
 async fn readiness_stays_serving_while_slow_calls_fill_the_pool() {
     let svc = TestService::start_with(with_pool(2)).await;
     let c = create_new(&mut svc.client.clone(), customer("busy@example.com")).await;
+    let mut watch = HealthClient::new(svc.channel.clone())
+        .watch(HealthCheckRequest {
+            service: "customers.v1.CustomerService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
     let lock = lock_table(&svc).await;
     // Four reads wait on the lock: two hold the whole pool, two wait for it.
     let mut reads = Vec::new();
