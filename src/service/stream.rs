@@ -229,17 +229,19 @@ impl StreamSender {
         Ok(())
     }
 
-    /// Ends the stream with `error`, unless the client side is gone.
-    async fn fail(&self, error: Error, stats: &Arc<StreamStats>) {
-        let _ = self
-            .tx
-            .send(Queued {
-                item: Some(Err(error.into())),
-                _permit: None,
-                bytes: 0,
-                stats: stats.clone(),
-            })
-            .await;
+    /// Ends the stream with `error`, unless the client side is gone; a
+    /// client that takes nothing for `stall_timeout` gets STREAM_STALLED
+    /// instead.
+    async fn fail(&self, error: Error, stats: &Arc<StreamStats>, stall_timeout: Duration) {
+        let send = self.tx.send(Queued {
+            item: Some(Err(error.into())),
+            _permit: None,
+            bytes: 0,
+            stats: stats.clone(),
+        });
+        if tokio::time::timeout(stall_timeout, send).await.is_err() {
+            self.stalled.cancel();
+        }
     }
 }
 
@@ -340,7 +342,7 @@ async fn stream_customers(
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
-                sender.fail(e, &api.stats).await;
+                sender.fail(e, &api.stats, api.stream.stall_timeout).await;
                 return;
             }
         };
