@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Migrate(database)) => {
-                telemetry::init(LogFormat::Text);
+                let _telemetry = telemetry::init(LogFormat::Text);
                 let url = database.migrate_url().ok_or_else(|| {
                     ConfigError(
                         "migrate needs --migrate-database-url or --database-url (or \

@@ -260,6 +260,7 @@ impl Call {
             .inc();
         let latency_ms = latency.as_secs_f64() * 1000.0;
         self.span.record("grpc.code", code_name(code));
+        self.span.record("rpc.grpc.status_code", code as i32);
         self.span.record("latency_ms", latency_ms);
         tracing::info!(parent: &self.span, grpc.code = code_name(code), latency_ms, "call finished");
     }
@@ -286,13 +287,26 @@ where
             grpc_service: service,
             grpc_method: method,
         };
+        // Named and attributed as OpenTelemetry's RPC conventions say; no
+        // request content, so no personal data.
         let span = tracing::info_span!(
             "grpc",
+            otel.name = format!("{service}/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = field::Empty,
             grpc.service = service,
             grpc.method = method,
             app = field::Empty,
             grpc.code = field::Empty,
             latency_ms = field::Empty,
+        );
+        // Continue the caller's trace (W3C traceparent), if it sent one.
+        let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+            &span,
+            crate::telemetry::parent_context(request.headers()),
         );
         self.metrics.started.get_or_create(&labels).inc();
         let call = Call {

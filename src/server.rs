@@ -98,7 +98,7 @@ impl ServeOptions {
 
 /// Runs the service until SIGTERM or SIGINT, then drains and exits.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
-    telemetry::init(config.log_format);
+    let _telemetry = telemetry::init(config.log_format);
     let options = ServeOptions::from_config(&config)?;
     let metrics_listener = match config.metrics_listen.0 {
         Some(address) => Some(

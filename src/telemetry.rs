@@ -1,15 +1,110 @@
-//! Logging: `tracing` to stderr, text or JSON, level from `RUST_LOG`
-//! (default `info`).
+//! Logging and traces. Logs: `tracing` to stderr, text or JSON, level from
+//! `RUST_LOG` (default `info`). Traces: OpenTelemetry over OTLP/gRPC, off
+//! unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set,
+//! configured by the standard `OTEL_*` variables as every OpenTelemetry SDK
+//! reads them (`OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_SDK_DISABLED`, ...). A call's span
+//! continues the W3C `traceparent` it arrives with; spans carry no personal
+//! data (see `metrics` and `storage` for what they record).
 
-use tracing_subscriber::{EnvFilter, fmt};
+use opentelemetry::{propagation::Extractor, trace::TracerProvider as _};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
+/// Flushes and stops the trace exporter when dropped (at exit).
+#[must_use = "traces are flushed when this is dropped"]
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: flushing traces failed: {e}");
+        }
+    }
+}
+
+fn traces_configured() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Sets up logs, and traces when configured. Call within the tokio runtime
+/// (the OTLP exporter's gRPC channel lives on it).
+pub fn init(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let logs = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let mut traces = None;
+    let otel = if traces_configured() {
+        match exporter() {
+            Ok(provider) => {
+                let layer = tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("customers"))
+                    .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                        // The spans of calls and of database transactions:
+                        // neither carries personal data.
+                        meta.is_span()
+                            && (meta.target().starts_with("customers") || meta.name() == "grpc")
+                    }));
+                traces = Some(provider);
+                Some(layer)
+            }
+            Err(e) => {
+                eprintln!("warning: traces are off: the OTLP exporter failed: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(otel)
+        .try_init();
+    Telemetry { traces }
+}
+
+fn exporter() -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let resource = Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "customers".into()),
+        )
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(provider)
+}
+
+/// The trace context an incoming call carries (W3C `traceparent` and
+/// `tracestate`), to continue as its span's parent. Empty without traces.
+pub fn parent_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
 }

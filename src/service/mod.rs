@@ -75,7 +75,13 @@ impl CustomerApi {
 async fn to_completion<T: Send + 'static>(
     write: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Status> {
-    match tokio::spawn(write).await {
+    // In the call's span, so that its database spans are the call's children.
+    match tokio::spawn(tracing::Instrument::instrument(
+        write,
+        tracing::Span::current(),
+    ))
+    .await
+    {
         Ok(result) => result.map_err(Status::from),
         Err(e) => Err(Error::internal(e).into()),
     }

@@ -133,7 +133,7 @@ pub(super) fn start(
     let (tx, rx) = mpsc::channel(api.stream.batch_size.max(1));
     let stalled = CancellationToken::new();
     let budget_bytes = api.stream.buffer_bytes.max(1);
-    tokio::spawn(stream_customers(
+    let reader = stream_customers(
         api.clone(),
         ctx,
         filter,
@@ -145,6 +145,11 @@ pub(super) fn start(
             budget_bytes,
         },
         open,
+    );
+    // In the call's span: its batches' spans are the call's children.
+    tokio::spawn(tracing::Instrument::instrument(
+        reader,
+        tracing::Span::current(),
     ));
     Ok(CustomerStream {
         rx,

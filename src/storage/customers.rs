@@ -11,6 +11,7 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -343,6 +344,7 @@ pub async fn create(
                     None => Ok(None),
                 }
             })
+            .instrument(super::transaction_span("create"))
             .await?;
         if let Some(outcome) = outcome {
             return Ok(outcome);
@@ -469,6 +471,11 @@ async fn write_existing(
     let mut conn = connect(pool, ctx.deadline).await?;
     let mut attempt = 1;
     loop {
+        let span = super::transaction_span(match write {
+            Write::Update(_) => "update",
+            Write::Archive => "archive",
+            Write::Delete => "delete",
+        });
         let result = conn
             .transaction::<_, Error, _>(async |conn| {
                 let current = match open_write(conn, ctx, target, etag, write).await? {
@@ -481,6 +488,7 @@ async fn write_existing(
                     Write::Delete => delete_row(conn, app, current).await,
                 }
             })
+            .instrument(span)
             .await;
         match result {
             // A key taken by a transaction that committed after our check:

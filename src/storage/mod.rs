@@ -24,14 +24,17 @@ macro_rules! read {
         let (result, cancel_sent) = $crate::storage::cancellable(
             pg,
             $cancel,
-            pooled
-                .build_transaction()
-                .read_only()
-                .repeatable_read()
-                .run::<_, $crate::error::Error, _>(async |$conn| {
-                    let $scope = $crate::storage::scope_shared(&*$conn, $ctx);
-                    $body
-                }),
+            ::tracing::Instrument::instrument(
+                pooled
+                    .build_transaction()
+                    .read_only()
+                    .repeatable_read()
+                    .run::<_, $crate::error::Error, _>(async |$conn| {
+                        let $scope = $crate::storage::scope_shared(&*$conn, $ctx);
+                        $body
+                    }),
+                $crate::storage::transaction_span("read"),
+            ),
         )
         .await;
         if cancel_sent {
@@ -212,6 +215,17 @@ pub async fn cancellable<T>(
     }
     let _ = work.await;
     (Err(Error::Cancelled), true)
+}
+
+/// The span of one database transaction: its kind only, never its data.
+pub fn transaction_span(kind: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.name = format!("transaction {kind}"),
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation = kind,
+    )
 }
 
 /// The database role every service transaction acts as: not the tables'

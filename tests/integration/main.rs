@@ -17,4 +17,5 @@ mod resources;
 mod round_trips;
 mod shutdown;
 mod tenancy;
+mod traces;
 mod update;
