@@ -7,12 +7,16 @@
 //! cluster. Run with `cargo bench --bench list_stream`; set
 //! `BENCH_SIZES=10000,100000,1000000` to choose the sizes.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::{
     net::{Ipv4Addr, TcpListener},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Instant,
 };
 
+use common::{Server, rss_kib, wait_serving};
 use customers::{
     domain::{AppId, CustomerId},
     embedded_pg::{Cluster, ClusterOptions},
@@ -20,7 +24,6 @@ use customers::{
     storage,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn main() -> anyhow::Result<()> {
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
@@ -158,16 +161,6 @@ async fn get_by_id(
     Ok((CALLS as f64 / elapsed, at(0.5), at(0.99)))
 }
 
-/// Kills the server when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Inserts `n` customers with realistic field sizes, in chunks.
 async fn seed(url: &str, n: usize) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(url).await?;
@@ -195,40 +188,4 @@ async fn seed(url: &str, n: usize) -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
     Ok(())
-}
-
-async fn wait_serving(endpoint: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect()
-            .await
-            && HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: "customers.v1.CustomerService".into(),
-                })
-                .await
-                .is_ok()
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A memory figure of `/proc/<pid>/status`, in KiB.
-fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
 }

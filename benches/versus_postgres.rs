@@ -34,15 +34,19 @@
 //! symbolic link to the PostgreSQL bin directory), then in
 //! `pg_config --bindir`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::{
     net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     str::FromStr,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
+use common::{Server, rss_kib, wait_serving};
 use customers::{
     domain::{AppId, CustomerId},
     embedded_pg::{self, Cluster, ClusterOptions},
@@ -54,7 +58,6 @@ use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::Channel,
 };
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use uuid::Uuid;
 
 /// The default app (created by the first migration): every customer is
@@ -292,16 +295,6 @@ async fn seed(db: &tokio_postgres::Client, n: u64) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // The service
 
-/// Kills the server when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the release binary on `url` and waits until it is ready.
 async fn start_service(url: &str) -> anyhow::Result<(Server, String)> {
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
@@ -324,42 +317,6 @@ async fn start_service(url: &str) -> anyhow::Result<(Server, String)> {
     let endpoint = format!("http://127.0.0.1:{port}");
     wait_serving(&endpoint).await?;
     Ok((server, endpoint))
-}
-
-async fn wait_serving(endpoint: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect()
-            .await
-            && HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: "customers.v1.CustomerService".into(),
-                })
-                .await
-                .is_ok()
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A memory figure of `/proc/<pid>/status`, in KiB.
-fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
 }
 
 // ---------------------------------------------------------------------------
