@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::{
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -605,6 +606,82 @@ pub async fn health_becomes(
     })
     .await
     .unwrap_or_else(|_| panic!("health did not become {want:?} within {within:?}"));
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The service as a child process; killed if the test fails early.
+pub struct Process(pub Child);
+
+impl Process {
+    /// The real binary with `env` (no DATABASE_URL or metrics listener unless given).
+    pub fn start(env: &[(&str, &str)], stderr: Stdio) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_customers"));
+        command
+            .env_remove("DATABASE_URL")
+            .env("CUSTOMERS_METRICS_LISTEN", "off")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Process(command.spawn().unwrap())
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), signal).unwrap();
+    }
+
+    pub async fn exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Opens a health Watch once the server accepts connections.
+pub async fn watch_health(port: u16) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = endpoint.connect().await
+            && let Ok(watch) = tonic_health::pb::health_client::HealthClient::new(channel)
+                .watch(tonic_health::pb::HealthCheckRequest {
+                    service: "customers.v1.CustomerService".into(),
+                })
+                .await
+        {
+            return watch.into_inner();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until an async `condition` holds, failing after `timeout`.

@@ -1,96 +1,14 @@
 //! SIGTERM against the real binary.
 
-use std::{
-    net::TcpListener,
-    process::{Child, Command, ExitStatus, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use customers::{domain::AppId, pb};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use tonic::{Code, transport::Endpoint};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The service as a child process; killed if the test fails early.
-struct Process(Child);
-
-impl Process {
-    fn start(env: &[(&str, &str)], stderr: Stdio) -> Process {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_customers"));
-        command
-            .env_remove("DATABASE_URL")
-            .env("CUSTOMERS_METRICS_LISTEN", "off")
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        Process(command.spawn().unwrap())
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.0.id() as i32), signal).unwrap();
-    }
-
-    async fn exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "did not exit within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Opens a health Watch once the server accepts connections.
-async fn watch_health(port: u16) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
-    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(channel) = endpoint.connect().await
-            && let Ok(watch) = HealthClient::new(channel)
-                .watch(HealthCheckRequest {
-                    service: "customers.v1.CustomerService".into(),
-                })
-                .await
-        {
-            return watch.into_inner();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {

@@ -4,7 +4,7 @@
 //! child span, and no span carries personal data.
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -42,14 +42,6 @@ impl TraceService for Receiver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_are_traced_over_otlp_under_the_callers_trace_without_personal_data() {
     let receiver = Receiver::default();
@@ -64,31 +56,31 @@ async fn calls_are_traced_over_otlp_under_the_callers_trace_without_personal_dat
     let database = fresh_database().await;
     let key = create_key(&database.url, AppId::DEFAULT).await;
     let port = free_port();
-    let mut service = Command::new(env!("CARGO_BIN_EXE_customers"))
-        .env("DATABASE_URL", &database.url)
-        .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CUSTOMERS_METRICS_LISTEN", "off")
-        .env("RUST_LOG", "warn")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_SERVICE_NAME", "customers-under-test")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
-    for _ in 0..300 {
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let otlp_endpoint = format!("http://{otlp}");
+    let mut service = Process::start(
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("CUSTOMERS_LISTEN", &format!("127.0.0.1:{port}")),
+            ("RUST_LOG", "warn"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp_endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "customers-under-test"),
+        ],
+        Stdio::inherit(),
+    );
+    // Ready (and so accepting calls) before the traced call.
+    let mut health = watch_health(port).await;
+    health_becomes(
+        &mut health,
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        Duration::from_secs(30),
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .ok();
     let mut client = client(channel.expect("the service did not start"), &key);
 
     // The caller's trace: 4bf9... / 00f0...
@@ -116,15 +108,8 @@ async fn calls_are_traced_over_otlp_under_the_callers_trace_without_personal_dat
     get_by_id(&mut client, &created.id).await.unwrap();
 
     // SIGTERM: the service flushes its spans as it exits.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(service.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || service.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    service.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = service.exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
 
     let spans = receiver.0.lock().unwrap().clone();
