@@ -145,8 +145,8 @@ impl Default for AuthOptions {
 #[derive(Clone)]
 pub struct Authenticator {
     pool: Pool,
-    /// SHA-256 of a whole key → its app.
-    cache: moka::future::Cache<[u8; 32], AppId>,
+    /// SHA-256 of a whole key → its app and id.
+    cache: moka::future::Cache<[u8; 32], (AppId, KeyId)>,
     limiter: Option<Arc<DefaultKeyedRateLimiter<AppId>>>,
     metrics: Metrics,
 }
@@ -168,9 +168,9 @@ impl Authenticator {
         }
     }
 
-    /// The app of a presented key. Failures are logged (never the key) and
-    /// counted by reason.
-    pub async fn authenticate(&self, presented: Option<&str>) -> Result<AppId, Error> {
+    /// The app and id of a presented key. Failures are logged (never the
+    /// key) and counted by reason.
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<(AppId, KeyId), Error> {
         let result = self.check(presented).await;
         if let Err(e @ Error::Unauthenticated(failure)) = &result {
             self.metrics.auth_failure(*failure);
@@ -179,11 +179,11 @@ impl Authenticator {
         result
     }
 
-    async fn check(&self, presented: Option<&str>) -> Result<AppId, Error> {
+    async fn check(&self, presented: Option<&str>) -> Result<(AppId, KeyId), Error> {
         let presented = presented.ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some(app) = self.cache.get(&digest).await {
-            return Ok(app);
+        if let Some(caller) = self.cache.get(&digest).await {
+            return Ok(caller);
         }
         let key = ApiKey::parse(presented).ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
         let (record, valid) = apps::find_key(&self.pool, key.app, key.id)
@@ -195,8 +195,8 @@ impl Authenticator {
         if !valid {
             return Err(Error::Unauthenticated(AuthFailure::Revoked));
         }
-        self.cache.insert(digest, key.app).await;
-        Ok(key.app)
+        self.cache.insert(digest, (key.app, key.id)).await;
+        Ok((key.app, key.id))
     }
 
     /// Whether `app` may make one more call now.
@@ -285,13 +285,14 @@ where
         let presented = presented_key(request.headers());
         Box::pin(async move {
             let checked = match auth.authenticate(presented.as_deref()).await {
-                Ok(app) => auth.check_rate(app).map(|()| app),
+                Ok((app, key)) => auth.check_rate(app).map(|()| (app, key)),
                 Err(e) => Err(e),
             };
             match checked {
-                Ok(app) => {
+                Ok((app, key)) => {
                     tracing::Span::current().record("app", tracing::field::display(app));
                     request.extensions_mut().insert(app);
+                    request.extensions_mut().insert(key);
                     inner.call(request).await
                 }
                 Err(e) => Ok(Status::from(e).into_http()),

@@ -200,6 +200,42 @@ pub struct ServeConfig {
     #[arg(long, env = "CUSTOMERS_APP_MAX_STREAMS", default_value_t = 16)]
     pub app_max_streams: u32,
 
+    /// WatchCustomerEvents streams each app may have open at once, per
+    /// replica; 0: no limit.
+    #[arg(long, env = "CUSTOMERS_APP_MAX_WATCHES", default_value_t = 256)]
+    pub app_max_watches: u32,
+
+    /// How long change events are kept. A watch resuming from an older
+    /// position gets OUT_OF_RANGE (RESUME_TOKEN_EXPIRED).
+    #[arg(long, env = "CUSTOMERS_EVENT_RETENTION", default_value = "30days",
+          value_parser = parse_duration)]
+    pub event_retention: Duration,
+
+    /// How often a replica prunes events past their retention (one replica
+    /// at a time does).
+    #[arg(long, env = "CUSTOMERS_EVENT_PRUNE_INTERVAL", default_value = "1m",
+          value_parser = parse_duration)]
+    pub event_prune_interval: Duration,
+
+    /// How often each app with open watches is read without a notification:
+    /// the fallback for notifications lost (a dropped listening connection).
+    #[arg(long, env = "CUSTOMERS_EVENT_POLL_INTERVAL", default_value = "5s",
+          value_parser = parse_duration)]
+    pub event_poll_interval: Duration,
+
+    /// A watch with nothing to send gets a bookmark this often.
+    #[arg(long, env = "CUSTOMERS_WATCH_BOOKMARK_INTERVAL", default_value = "15s",
+          value_parser = parse_duration)]
+    pub watch_bookmark_interval: Duration,
+
+    /// Where this replica LISTENs for change notifications: a direct
+    /// connection to PostgreSQL (a pooler in transaction mode cannot
+    /// LISTEN). Default: the database URL, unless --transaction-pooler is
+    /// set (then watches rely on --event-poll-interval alone, plus the
+    /// replica's own writes).
+    #[arg(long, env = "CUSTOMERS_LISTEN_DATABASE_URL")]
+    pub listen_database_url: Option<String>,
+
     /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
     #[arg(long, env = "CUSTOMERS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tonic::Request;
 
 use crate::{
-    domain::AppId,
+    domain::{AppId, KeyId},
     error::{AuthFailure, Error},
 };
 
@@ -15,6 +15,8 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub struct RequestContext {
     pub app: AppId,
+    /// The API key of the call, recorded with the changes it makes.
+    pub key: Option<KeyId>,
     /// When the caller stops waiting; the database work is bounded by it.
     pub deadline: Option<Instant>,
     /// The server's own limit on one SQL statement (`--statement-timeout`):
@@ -30,6 +32,7 @@ impl RequestContext {
     pub fn new(app: AppId, statement_limit: Duration) -> Self {
         Self {
             app,
+            key: None,
             deadline: None,
             statement_limit,
         }
@@ -50,6 +53,7 @@ impl RequestContext {
             .and_then(parse_grpc_timeout);
         Ok(Self {
             app,
+            key: request.extensions().get::<KeyId>().copied(),
             // A deadline too far to represent is no deadline.
             deadline: timeout.and_then(|t| Instant::now().checked_add(t.saturating_sub(margin(t)))),
             statement_limit,

@@ -70,6 +70,16 @@ pub enum Error {
     RateLimited,
     #[error("this app has too many ListCustomers streams open; retry later")]
     TooManyStreams,
+    #[error("this app has too many WatchCustomerEvents streams open; retry later")]
+    TooManyWatches,
+    /// A watch's start is older than the retained events.
+    #[error(
+        "the resume position is older than the retained events; start again from oldest_resume_token (or from now) after a full listing"
+    )]
+    ResumeTokenExpired {
+        /// The token of the oldest position still available.
+        oldest: String,
+    },
     #[error("the deadline passed before the call completed")]
     DeadlineExceeded,
     #[error("the server is shutting down; retry (streams: resume after the last id received)")]
@@ -116,6 +126,8 @@ impl Error {
             Error::Unauthenticated(failure) => failure.reason(),
             Error::RateLimited => "RATE_LIMITED",
             Error::TooManyStreams => "TOO_MANY_STREAMS",
+            Error::TooManyWatches => "TOO_MANY_WATCHES",
+            Error::ResumeTokenExpired { .. } => "RESUME_TOKEN_EXPIRED",
             Error::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::StreamStalled => "STREAM_STALLED",

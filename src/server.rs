@@ -17,7 +17,7 @@ use crate::{
     embedded_pg::{Cluster, ClusterOptions},
     metrics::{self, Metrics},
     pb::{self, customer_service_server::CustomerServiceServer},
-    service::{CustomerApi, StreamOptions},
+    service::{CustomerApi, EventOptions, StreamOptions},
     storage::{self, Pool},
     telemetry,
 };
@@ -158,7 +158,18 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         },
         config.database.statement_timeout,
         shutdown.clone(),
-    );
+    )
+    .with_events(EventOptions {
+        retention: config.event_retention,
+        prune_interval: config.event_prune_interval,
+        poll_interval: config.event_poll_interval,
+        bookmark_interval: config.watch_bookmark_interval,
+        max_watches_per_app: NonZeroU32::new(config.app_max_watches),
+        listen_url: config
+            .listen_database_url
+            .clone()
+            .or_else(|| (!config.database.transaction_pooler).then(|| database_url.clone())),
+    });
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving metrics on /metrics");
         let registry = options.metrics.registry(&pool, &api.stream_stats());
@@ -222,6 +233,7 @@ pub async fn serve(
     options: ServeOptions,
 ) -> anyhow::Result<()> {
     let shutdown = api.shutdown_token();
+    api.events().start();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<Service>().await;
     let checker = tokio::spawn(check_readiness(

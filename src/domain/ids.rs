@@ -85,3 +85,14 @@ impl CustomerId {
         self.0
     }
 }
+
+typeid!(
+    /// A change event's id (`evt_...`): a UUIDv7.
+    EventId, EventTag, "evt"
+);
+
+impl EventId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+}

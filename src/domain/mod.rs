@@ -4,6 +4,7 @@
 
 mod commands;
 mod customer;
+mod events;
 mod ids;
 mod list;
 mod patch;
@@ -13,7 +14,10 @@ pub use commands::{
     ChangeState, CreateCustomer, GetCustomer, ListCustomers, Lookup, Target, UpdateCustomer,
 };
 pub use customer::{Address, AddressPart, Customer, CustomerFields, State, ValidFields};
-pub use ids::{AppId, CustomerId, KeyId};
+pub use events::{
+    Event, EventFilter, EventType, NewEvent, ResumeToken, WatchEvents, WatchStart, changed_fields,
+};
+pub use ids::{AppId, CustomerId, EventId, KeyId};
 pub use list::{ListFilter, Order};
 pub use patch::{FieldPath, MAX_MASK_PATHS, Patch};
 pub use validation::{

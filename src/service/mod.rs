@@ -3,18 +3,24 @@
 //! request becomes a typed command, or INVALID_ARGUMENT), the storage call,
 //! the conversion back. Statuses are chosen in `wire::status`.
 
+mod feed;
 mod stream;
+mod watch;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+pub use feed::{EventHub, EventOptions};
 pub use stream::{CustomerStream, StreamOptions, StreamStats};
+pub use watch::EventStream;
 
 use crate::{
     context::RequestContext,
-    domain::{ChangeState, CreateCustomer, GetCustomer, ListCustomers, UpdateCustomer},
+    domain::{
+        ChangeState, CreateCustomer, GetCustomer, ListCustomers, UpdateCustomer, WatchEvents,
+    },
     error::Error,
     pb::{self, customer_service_server::CustomerService},
     storage::{Pool, customers as store},
@@ -33,6 +39,10 @@ pub struct CustomerApi {
     shutdown: CancellationToken,
     stats: Arc<StreamStats>,
     per_app: StreamsPerApp,
+    /// Change events: this replica's feeds, notifications and pruning.
+    events: EventHub,
+    watch_stats: Arc<StreamStats>,
+    watches_per_app: StreamsPerApp,
 }
 
 impl CustomerApi {
@@ -43,13 +53,41 @@ impl CustomerApi {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            events: EventHub::new(
+                pool.clone(),
+                EventOptions::default(),
+                statement_limit,
+                shutdown.clone(),
+            ),
             pool,
             stream,
             statement_limit,
             shutdown,
             stats: Arc::default(),
             per_app: Arc::default(),
+            watch_stats: Arc::default(),
+            watches_per_app: Arc::default(),
         }
+    }
+
+    /// The same API with change events delivered, kept and pruned as
+    /// `options` say.
+    pub fn with_events(mut self, options: EventOptions) -> Self {
+        self.events = EventHub::new(
+            self.pool.clone(),
+            options,
+            self.statement_limit,
+            self.shutdown.clone(),
+        );
+        self
+    }
+
+    pub fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    pub fn watch_stats(&self) -> Arc<StreamStats> {
+        self.watch_stats.clone()
     }
 
     pub fn pool(&self) -> &Pool {
@@ -112,6 +150,9 @@ impl CustomerService for CustomerApi {
         let pool = self.pool.clone();
         let (customer, created) =
             to_completion(async move { store::create(&pool, &ctx, &command.fields).await }).await?;
+        if created {
+            self.events.changed(ctx.app);
+        }
         Ok(Response::new(pb::CreateCustomerResponse {
             customer: Some(customer.into()),
             created,
@@ -143,6 +184,7 @@ impl CustomerService for CustomerApi {
         let pool = self.pool.clone();
         let customer =
             to_completion(async move { store::update(&pool, &ctx, &command).await }).await?;
+        self.events.changed(ctx.app);
         Ok(Response::new(pb::UpdateCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -176,6 +218,17 @@ impl CustomerService for CustomerApi {
         Ok(Response::new(stream::start(self, ctx, filter, start)?))
     }
 
+    type WatchCustomerEventsStream = EventStream;
+
+    async fn watch_customer_events(
+        &self,
+        request: Request<pb::WatchCustomerEventsRequest>,
+    ) -> Result<Response<Self::WatchCustomerEventsStream>, Status> {
+        let ctx = self.context(&request)?;
+        let command = WatchEvents::try_from(request.into_inner())?;
+        Ok(Response::new(watch::start(self, ctx, command).await?))
+    }
+
     async fn archive_customer(
         &self,
         request: Request<pb::ArchiveCustomerRequest>,
@@ -185,6 +238,7 @@ impl CustomerService for CustomerApi {
         let pool = self.pool.clone();
         let customer =
             to_completion(async move { store::archive(&pool, &ctx, &command).await }).await?;
+        self.events.changed(ctx.app);
         Ok(Response::new(pb::ArchiveCustomerResponse {
             customer: Some(customer.into()),
         }))
@@ -199,6 +253,7 @@ impl CustomerService for CustomerApi {
         let pool = self.pool.clone();
         let customer =
             to_completion(async move { store::delete(&pool, &ctx, &command).await }).await?;
+        self.events.changed(ctx.app);
         Ok(Response::new(pb::DeleteCustomerResponse {
             customer: Some(customer.into()),
         }))

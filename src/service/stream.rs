@@ -83,25 +83,31 @@ pub struct StreamStats {
 pub(super) type StreamsPerApp = Arc<Mutex<HashMap<AppId, u32>>>;
 
 /// A stream counted as open (overall and for its app) while it lives.
-struct OpenStream {
+pub(super) struct OpenStream {
     stats: Arc<StreamStats>,
     per_app: StreamsPerApp,
     app: AppId,
 }
 
 impl OpenStream {
-    /// Counts a new stream of `app`, unless the app is at its limit.
-    fn open(api: &CustomerApi, app: AppId) -> Result<Self, Error> {
-        let mut per_app = api.per_app.lock().unwrap_or_else(|e| e.into_inner());
-        let open = per_app.entry(app).or_default();
-        if api.stream.max_per_app.is_some_and(|max| *open >= max.get()) {
-            return Err(Error::TooManyStreams);
+    /// Counts a new stream of `app` in `per_app` and `stats`, unless the app
+    /// has `max` open.
+    pub(super) fn open(
+        stats: &Arc<StreamStats>,
+        per_app: &StreamsPerApp,
+        max: Option<NonZeroU32>,
+        app: AppId,
+    ) -> Option<Self> {
+        let mut counts = per_app.lock().unwrap_or_else(|e| e.into_inner());
+        let open = counts.entry(app).or_default();
+        if max.is_some_and(|max| *open >= max.get()) {
+            return None;
         }
         *open += 1;
-        api.stats.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Self {
-            stats: api.stats.clone(),
-            per_app: api.per_app.clone(),
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            stats: stats.clone(),
+            per_app: per_app.clone(),
             app,
         })
     }
@@ -129,48 +135,55 @@ pub(super) fn start(
     filter: ListFilter,
     start: Option<Position>,
 ) -> Result<CustomerStream, Error> {
-    let open = OpenStream::open(api, ctx.app)?;
-    let (tx, rx) = mpsc::channel(api.stream.batch_size.max(1));
-    let stalled = CancellationToken::new();
-    let budget_bytes = api.stream.buffer_bytes.max(1);
-    let reader = stream_customers(
-        api.clone(),
-        ctx,
-        filter,
-        start,
-        StreamSender {
-            tx,
-            stalled: stalled.clone(),
-            budget: Arc::new(Semaphore::new(budget_bytes)),
-            budget_bytes,
-        },
-        open,
-    );
+    let open = OpenStream::open(&api.stats, &api.per_app, api.stream.max_per_app, ctx.app)
+        .ok_or(Error::TooManyStreams)?;
+    let (sender, stream) = channel(api, &api.stats, ctx.deadline);
+    let reader = stream_customers(api.clone(), ctx, filter, start, sender, open);
     // In the call's span: its batches' spans are the call's children.
     tokio::spawn(tracing::Instrument::instrument(
         reader,
         tracing::Span::current(),
     ));
-    Ok(CustomerStream {
-        rx,
-        stop: Box::pin(stream_stop(api.shutdown.clone(), ctx.deadline, stalled)),
-        stats: api.stats.clone(),
-        done: false,
-    })
+    Ok(stream)
 }
 
-type StreamItem = Result<pb::ListCustomersResponse, Status>;
+/// The two ends of a server stream's buffer, bounded in messages (the batch
+/// size) and in bytes (the buffer size).
+pub(super) fn channel<M>(
+    api: &CustomerApi,
+    stats: &Arc<StreamStats>,
+    deadline: Option<Instant>,
+) -> (StreamSender<M>, ResponseStream<M>) {
+    let (tx, rx) = mpsc::channel(api.stream.batch_size.max(1));
+    let stalled = CancellationToken::new();
+    let budget_bytes = api.stream.buffer_bytes.max(1);
+    let sender = StreamSender {
+        tx,
+        stalled: stalled.clone(),
+        budget: Arc::new(Semaphore::new(budget_bytes)),
+        budget_bytes,
+        stats: stats.clone(),
+        stall_timeout: api.stream.stall_timeout,
+    };
+    let stream = ResponseStream {
+        rx,
+        stop: Box::pin(stream_stop(api.shutdown.clone(), deadline, stalled)),
+        stats: stats.clone(),
+        done: false,
+    };
+    (sender, stream)
+}
 
 /// A message waiting in a stream's buffer. It holds its bytes of the
 /// stream's budget until the client side takes it (or drops it).
-struct Queued {
-    item: Option<StreamItem>,
+struct Queued<M> {
+    item: Option<Result<M, Status>>,
     _permit: Option<OwnedSemaphorePermit>,
     bytes: u64,
     stats: Arc<StreamStats>,
 }
 
-impl Drop for Queued {
+impl<M> Drop for Queued<M> {
     fn drop(&mut self) {
         self.stats
             .buffered_bytes
@@ -179,7 +192,7 @@ impl Drop for Queued {
 }
 
 /// Why a stream's reader stopped sending.
-enum Stopped {
+pub(super) enum Stopped {
     /// The client side is gone (the client went away, or the stream was cut
     /// by shutdown or deadline).
     Gone,
@@ -189,23 +202,23 @@ enum Stopped {
 
 /// The reader's side of a stream: a channel bounded in messages and, through
 /// `budget`, in bytes.
-struct StreamSender {
-    tx: mpsc::Sender<Queued>,
+pub(super) struct StreamSender<M> {
+    tx: mpsc::Sender<Queued<M>>,
     stalled: CancellationToken,
     budget: Arc<Semaphore>,
     /// The budget's size.
     budget_bytes: usize,
+    stats: Arc<StreamStats>,
+    stall_timeout: Duration,
 }
 
-impl StreamSender {
+impl<M: Message + Send + 'static> StreamSender<M> {
     /// Queues a message once its bytes fit in the budget (a message larger
-    /// than the whole budget waits for an empty buffer).
-    async fn send(
-        &self,
-        message: pb::ListCustomersResponse,
-        stats: &Arc<StreamStats>,
-        stall_timeout: Duration,
-    ) -> Result<(), Stopped> {
+    /// than the whole budget waits for an empty buffer). A client that takes
+    /// nothing for the stall timeout is given up on: the stream ends with
+    /// STREAM_STALLED.
+    pub(super) async fn send(&self, message: M) -> Result<(), Stopped> {
+        let (stats, stall_timeout) = (&self.stats, self.stall_timeout);
         let bytes = message.encoded_len();
         let permits = bytes.clamp(1, self.budget_bytes).min(u32::MAX as usize) as u32;
         let queue = async {
@@ -220,7 +233,10 @@ impl StreamSender {
         };
         let (slot, permit) = match tokio::time::timeout(stall_timeout, queue).await {
             Ok(result) => result?,
-            Err(_) => return Err(Stopped::Stalled),
+            Err(_) => {
+                self.stalled.cancel();
+                return Err(Stopped::Stalled);
+            }
         };
         stats
             .buffered_bytes
@@ -235,29 +251,53 @@ impl StreamSender {
     }
 
     /// Ends the stream with `error`, unless the client side is gone; a
-    /// client that takes nothing for `stall_timeout` gets STREAM_STALLED
+    /// client that takes nothing for the stall timeout gets STREAM_STALLED
     /// instead.
-    async fn fail(&self, error: Error, stats: &Arc<StreamStats>, stall_timeout: Duration) {
+    pub(super) async fn fail(&self, error: Error) {
         let send = self.tx.send(Queued {
             item: Some(Err(error.into())),
             _permit: None,
             bytes: 0,
-            stats: stats.clone(),
+            stats: self.stats.clone(),
         });
-        if tokio::time::timeout(stall_timeout, send).await.is_err() {
+        if tokio::time::timeout(self.stall_timeout, send)
+            .await
+            .is_err()
+        {
             self.stalled.cancel();
         }
     }
+
+    /// A token that fires when the client side goes away or `shutdown`
+    /// fires, and when the returned guard drops (the reader returned).
+    pub(super) fn gone(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> (CancellationToken, tokio_util::sync::DropGuard) {
+        let cancel = CancellationToken::new();
+        let guard = cancel.clone().drop_guard();
+        let (cancel2, tx, shutdown) = (cancel.clone(), self.tx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = shutdown.cancelled() => {}
+                _ = cancel2.cancelled() => {}
+            }
+            cancel2.cancel();
+        });
+        (cancel, guard)
+    }
 }
 
-/// The response side of ListCustomers: what the reader task sends, until the
-/// server shuts down, the deadline passes or the reader gives up on a client
-/// that stopped reading. Then it ends at once with that error (UNAVAILABLE /
-/// SHUTTING_DOWN or STREAM_STALLED, or DEADLINE_EXCEEDED), so that the
-/// client knows the listing is cut and can resume; merely closing the
-/// channel would end the call with OK and make a cut listing look complete.
-pub struct CustomerStream {
-    rx: mpsc::Receiver<Queued>,
+/// The response side of a server stream: what the reader task sends, until
+/// the server shuts down, the deadline passes or the reader gives up on a
+/// client that stopped reading. Then it ends at once with that error
+/// (UNAVAILABLE / SHUTTING_DOWN or STREAM_STALLED, or DEADLINE_EXCEEDED), so
+/// that the client knows the stream is cut and can resume; merely closing
+/// the channel would end the call with OK and make a cut listing look
+/// complete.
+pub struct ResponseStream<M> {
+    rx: mpsc::Receiver<Queued<M>>,
     stop: Pin<Box<dyn Future<Output = Error> + Send>>,
     stats: Arc<StreamStats>,
     done: bool,
@@ -282,10 +322,13 @@ async fn stream_stop(
     }
 }
 
-impl Stream for CustomerStream {
-    type Item = StreamItem;
+/// ListCustomers' response stream.
+pub type CustomerStream = ResponseStream<pb::ListCustomersResponse>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamItem>> {
+impl<M> Stream for ResponseStream<M> {
+    type Item = Result<M, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -316,24 +359,12 @@ async fn stream_customers(
     ctx: RequestContext,
     filter: ListFilter,
     mut after: Option<Position>,
-    sender: StreamSender,
+    sender: StreamSender<pb::ListCustomersResponse>,
     _open: OpenStream,
 ) {
     // Fires when the client side goes away or the server stops, and when
     // this function returns (which ends the watcher).
-    let cancel = CancellationToken::new();
-    let _end = cancel.clone().drop_guard();
-    tokio::spawn({
-        let (cancel, tx, shutdown) = (cancel.clone(), sender.tx.clone(), api.shutdown.clone());
-        async move {
-            tokio::select! {
-                _ = tx.closed() => {}
-                _ = shutdown.cancelled() => {}
-                _ = cancel.cancelled() => {}
-            }
-            cancel.cancel();
-        }
-    });
+    let (cancel, _end) = sender.gone(&api.shutdown);
 
     let max_rows = api.stream.batch_size.max(1);
     let mut rows = FIRST_BATCH_ROWS.min(max_rows);
@@ -347,7 +378,7 @@ async fn stream_customers(
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
-                sender.fail(e, &api.stats, api.stream.stall_timeout).await;
+                sender.fail(e).await;
                 return;
             }
         };
@@ -360,15 +391,11 @@ async fn stream_customers(
                 customer: Some(customer.into()),
             };
             bytes += message.encoded_len();
-            match sender
-                .send(message, &api.stats, api.stream.stall_timeout)
-                .await
-            {
+            match sender.send(message).await {
                 Ok(()) => {}
                 Err(Stopped::Gone) => return,
                 Err(Stopped::Stalled) => {
                     tracing::info!("ListCustomers client read nothing for too long; ending it");
-                    sender.stalled.cancel();
                     return;
                 }
             }

@@ -245,6 +245,62 @@ pub async fn establish_for(
         .await
 }
 
+/// Opens a connection to `url` (as the pool does: TLS settings included),
+/// runs `LISTEN channel` on it, and calls `on_notify` with the payload of
+/// each notification until the connection ends (or the caller drops this
+/// future). `on_listening` runs once the LISTEN took effect: what was
+/// notified before it was missed. Meanwhile the connection also runs each
+/// SQL batch `outgoing` yields (the replica's own notifications). Returns
+/// why the connection ended.
+pub async fn listen<F: Future<Output = String>>(
+    url: &str,
+    channel: &str,
+    on_listening: impl FnOnce(),
+    on_notify: impl Fn(&str),
+    mut outgoing: impl FnMut() -> F,
+) -> String {
+    let target = match Target::parse(url) {
+        Ok(target) => target,
+        Err(e) => return e,
+    };
+    let (client, mut connection) = match target.config.connect(target.tls.clone()).await {
+        Ok(pair) => pair,
+        Err(e) => return target.explain(&e),
+    };
+    // The connection delivers notifications only while it is polled; the
+    // LISTEN needs it polled too.
+    let messages = async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => on_notify(n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.to_string(),
+                None => return "the connection closed".to_owned(),
+            }
+        }
+    };
+    let listen = async {
+        let quoted = format!("LISTEN \"{}\"", channel.replace('"', "\"\""));
+        match client.batch_execute(&quoted).await {
+            Ok(()) => {
+                on_listening();
+                loop {
+                    let sql = outgoing().await;
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        return e.to_string();
+                    }
+                }
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+    tokio::pin!(messages, listen);
+    tokio::select! {
+        why = &mut messages => why,
+        why = &mut listen => why,
+    }
+}
+
 /// How much of the server's certificate is checked.
 #[derive(Debug, Clone, Copy)]
 enum Verify {

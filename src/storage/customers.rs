@@ -15,7 +15,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    Pool, connect,
+    Pool, connect, events,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
     scope, scope_shared,
@@ -23,8 +23,8 @@ use super::{
 use crate::{
     context::RequestContext,
     domain::{
-        AppId, ChangeState, Customer, CustomerId, ListFilter, Lookup, Order, State, Target,
-        UpdateCustomer, ValidFields,
+        AppId, ChangeState, Customer, CustomerId, EventType, ListFilter, Lookup, NewEvent, Order,
+        State, Target, UpdateCustomer, ValidFields, changed_fields,
     },
     error::{Error, Key},
 };
@@ -311,6 +311,7 @@ pub async fn create(
                 if let Some(row) = inserted {
                     insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
                     let created = row.into_customer(fields.provider_ids.clone())?;
+                    record(conn, ctx, EventType::Created, &created, Vec::new()).await?;
                     return Ok(Some((created, true)));
                 }
                 // Some active customer holds the email or the external id.
@@ -467,7 +468,6 @@ async fn write_existing(
     etag: Option<&str>,
     write: Write<'_>,
 ) -> Result<Customer, Error> {
-    let app = ctx.app;
     let mut conn = connect(pool, ctx.deadline).await?;
     let mut attempt = 1;
     loop {
@@ -483,9 +483,9 @@ async fn write_existing(
                     Opened::AlreadyDone(current) => return Ok(current),
                 };
                 match write {
-                    Write::Update(command) => update_row(conn, app, current, command).await,
-                    Write::Archive => archive_row(conn, app, current).await,
-                    Write::Delete => delete_row(conn, app, current).await,
+                    Write::Update(command) => update_row(conn, ctx, current, command).await,
+                    Write::Archive => archive_row(conn, ctx, current).await,
+                    Write::Delete => delete_row(conn, ctx, current).await,
                 }
             })
             .instrument(span)
@@ -531,13 +531,30 @@ pub async fn delete(
     write_existing(pool, ctx, &command.target, etag, Write::Delete).await
 }
 
+/// Records a change as the transaction's last statement (see
+/// [`events::append`]).
+async fn record(
+    conn: &mut AsyncPgConnection,
+    ctx: &RequestContext,
+    kind: EventType,
+    customer: &Customer,
+    changed_fields: Vec<String>,
+) -> Result<(), Error> {
+    let event = NewEvent {
+        kind,
+        customer,
+        changed_fields,
+    };
+    events::append(conn, ctx, event).await
+}
+
 async fn update_row(
     conn: &mut AsyncPgConnection,
-    app: AppId,
+    ctx: &RequestContext,
     current: Customer,
     command: &UpdateCustomer,
 ) -> Result<Customer, Error> {
-    let id = current.id;
+    let (app, id) = (ctx.app, current.id);
     let old = current.fields.clone();
     let new = command.patch.apply(old.clone())?;
     if *new == old {
@@ -592,15 +609,18 @@ async fn update_row(
             .collect();
         insert_provider_ids(conn, app, id, &added).await?;
     }
-    row.into_customer(new.provider_ids.clone())
+    let updated = row.into_customer(new.provider_ids.clone())?;
+    let changed = changed_fields(&old, &new);
+    record(conn, ctx, EventType::Updated, &updated, changed).await?;
+    Ok(updated)
 }
 
 async fn archive_row(
     conn: &mut AsyncPgConnection,
-    app: AppId,
+    ctx: &RequestContext,
     current: Customer,
 ) -> Result<Customer, Error> {
-    let id = current.id;
+    let (app, id) = (ctx.app, current.id);
     let row = diesel::update(c::table.find((app.0, id.uuid())))
         .set((
             c::state.eq(State::Archived.as_str()),
@@ -615,15 +635,17 @@ async fn archive_row(
         .set(pids::active.eq(false))
         .execute(conn)
         .await?;
-    row.into_customer(current.fields.provider_ids)
+    let archived = row.into_customer(current.fields.provider_ids)?;
+    record(conn, ctx, EventType::Archived, &archived, Vec::new()).await?;
+    Ok(archived)
 }
 
 async fn delete_row(
     conn: &mut AsyncPgConnection,
-    app: AppId,
+    ctx: &RequestContext,
     current: Customer,
 ) -> Result<Customer, Error> {
-    let id = current.id;
+    let (app, id) = (ctx.app, current.id);
     diesel::delete(provider_ids_of(app, id))
         .execute(conn)
         .await?;
@@ -638,7 +660,12 @@ async fn delete_row(
         .returning(CustomerRow::as_returning())
         .get_result(conn)
         .await?;
-    row.into_customer(BTreeMap::new())
+    // The customer's past events lose its personal data in this same
+    // transaction; the deleted event carries only the tombstone.
+    events::erase_history(conn, app, id).await?;
+    let tombstone = row.into_customer(BTreeMap::new())?;
+    record(conn, ctx, EventType::Deleted, &tombstone, Vec::new()).await?;
+    Ok(tombstone)
 }
 
 /// A position in the (create_time, id) order of a listing.

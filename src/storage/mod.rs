@@ -48,6 +48,7 @@ macro_rules! read {
 pub mod apps;
 pub mod connection;
 pub mod customers;
+pub mod events;
 mod models;
 pub mod plans;
 pub mod schema;

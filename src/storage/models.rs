@@ -12,7 +12,11 @@ use crate::{
     error::Error,
 };
 
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+/// A customer's row. Also the stored form of an event's customer (as JSON,
+/// with its provider ids beside it).
+#[derive(
+    Debug, Clone, Queryable, QueryableByName, Selectable, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = customers, check_for_backend(diesel::pg::Pg))]
 pub struct CustomerRow {
     pub id: Uuid,
@@ -37,6 +41,53 @@ pub struct CustomerRow {
 }
 
 impl CustomerRow {
+    /// The row of a customer (provider ids aside).
+    pub fn of(customer: &Customer) -> CustomerRow {
+        // Every field, named: a new one does not compile until it is kept.
+        let Customer {
+            id,
+            state,
+            fields,
+            revision,
+            create_time,
+            update_time,
+            archive_time,
+            delete_time,
+        } = customer;
+        let CustomerFields {
+            external_id,
+            email,
+            name,
+            phone,
+            address,
+            timezone,
+            metadata,
+            provider_ids: _,
+        } = fields;
+        CustomerRow {
+            id: id.uuid(),
+            external_id: external_id.clone(),
+            // A deleted customer has no email.
+            email: (!email.is_empty()).then(|| email.clone()),
+            name: name.clone(),
+            phone: phone.clone(),
+            address_line1: address.line1.clone(),
+            address_line2: address.line2.clone(),
+            address_city: address.city.clone(),
+            address_state: address.state.clone(),
+            address_postal_code: address.postal_code.clone(),
+            address_country: address.country.clone(),
+            timezone: timezone.clone(),
+            metadata: serde_json::to_value(metadata).unwrap_or_default(),
+            state: state.as_str().to_owned(),
+            revision: *revision,
+            create_time: *create_time,
+            update_time: *update_time,
+            archive_time: *archive_time,
+            delete_time: *delete_time,
+        }
+    }
+
     /// The domain customer, given its provider ids.
     pub fn into_customer(self, provider_ids: BTreeMap<String, String>) -> Result<Customer, Error> {
         // Every column, named: a new one does not compile until it is read.

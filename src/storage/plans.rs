@@ -15,6 +15,9 @@ use super::{
         active_by_email, active_by_external_id, archived_by_external_id, customer_by_id,
         like_pattern, provider_id_holder_query, provider_ids_of_many,
     },
+    events::{
+        EVENT_COLUMNS, customer_events_after, events_after, first_at, head_of, unerased_history,
+    },
     models::CustomerRow,
     schema::customers as c,
 };
@@ -118,6 +121,41 @@ pub async fn explain_query_shapes(
         (
             "provider ids of customers".to_owned(),
             explain(conn, provider_ids_of_many(app_id, &ids)).await?,
+        ),
+        (
+            "events after a position".to_owned(),
+            explain(
+                conn,
+                events_after(app_id, 1_000, vec!["created", "updated"], 500).select(EVENT_COLUMNS),
+            )
+            .await?,
+        ),
+        (
+            "a customer's events after a position".to_owned(),
+            explain(
+                conn,
+                customer_events_after(app_id, sample.id.uuid(), 0, vec!["updated"], 500)
+                    .select(EVENT_COLUMNS),
+            )
+            .await?,
+        ),
+        (
+            "first event at a time".to_owned(),
+            explain(conn, first_at(app_id, chrono::Utc::now()).limit(1)).await?,
+        ),
+        (
+            "head of an app's events".to_owned(),
+            explain(conn, head_of(app_id)).await?,
+        ),
+        (
+            "a customer's events to erase".to_owned(),
+            explain(
+                conn,
+                diesel::update(unerased_history(app_id, sample.id.uuid())).set(
+                    crate::storage::schema::customer_events::customer.eq(None::<serde_json::Value>),
+                ),
+            )
+            .await?,
         ),
     ];
 

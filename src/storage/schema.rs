@@ -55,7 +55,38 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    customer_event_heads (app_id) {
+        app_id -> Uuid,
+        position -> Int8,
+        pruned_through -> Int8,
+        pruned_time -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    customer_events (app_id, position) {
+        app_id -> Uuid,
+        position -> Int8,
+        id -> Uuid,
+        #[sql_name = "type"]
+        kind -> Text,
+        customer_id -> Uuid,
+        customer -> Nullable<Jsonb>,
+        changed_fields -> Array<Text>,
+        key_id -> Nullable<Uuid>,
+        create_time -> Timestamptz,
+    }
+}
+
 diesel::joinable!(api_keys -> apps (app_id));
 diesel::joinable!(customers -> apps (app_id));
 
-diesel::allow_tables_to_appear_in_same_query!(api_keys, apps, customer_provider_ids, customers,);
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    apps,
+    customer_event_heads,
+    customer_events,
+    customer_provider_ids,
+    customers,
+);

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::{
-    domain::{Address, Customer, CustomerFields, Invalid, State},
+    domain::{Address, Customer, CustomerFields, Event, EventType, Invalid, State},
     pb,
 };
 
@@ -170,6 +170,51 @@ impl From<Customer> for pb::Customer {
             archive_time: archive_time.map(timestamp),
             delete_time: delete_time.map(timestamp),
             etag,
+        }
+    }
+}
+
+impl From<EventType> for pb::customer_event::Type {
+    fn from(t: EventType) -> Self {
+        match t {
+            EventType::Created => pb::customer_event::Type::Created,
+            EventType::Updated => pb::customer_event::Type::Updated,
+            EventType::Archived => pb::customer_event::Type::Archived,
+            EventType::Deleted => pb::customer_event::Type::Deleted,
+        }
+    }
+}
+
+impl From<Event> for pb::CustomerEvent {
+    fn from(e: Event) -> Self {
+        // Every field, named: a new one does not compile until it is sent.
+        let Event {
+            id,
+            position: _,
+            kind,
+            customer_id,
+            customer,
+            changed_fields,
+            create_time,
+            key_id,
+        } = e;
+        let redacted = customer.is_none();
+        let customer = match customer {
+            Some(customer) => customer.into(),
+            None => pb::Customer {
+                id: customer_id.to_string(),
+                ..Default::default()
+            },
+        };
+        pb::CustomerEvent {
+            id: id.to_string(),
+            r#type: pb::customer_event::Type::from(kind).into(),
+            customer_id: customer_id.to_string(),
+            customer: Some(customer),
+            changed_fields,
+            create_time: Some(timestamp(create_time)),
+            key_id: key_id.map(|k| k.to_string()).unwrap_or_default(),
+            redacted,
         }
     }
 }

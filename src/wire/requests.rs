@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use crate::{
     domain::{
-        ChangeState, CreateCustomer, CustomerFields, GetCustomer, Invalid, ListCustomers,
-        ListFilter, Lookup, MAX_EXTERNAL_ID_CHARS, Order, Patch, Target, UpdateCustomer,
-        Violations, parse_id,
+        ChangeState, CreateCustomer, CustomerFields, EventFilter, EventType, GetCustomer, Invalid,
+        ListCustomers, ListFilter, Lookup, MAX_EXTERNAL_ID_CHARS, Order, Patch, ResumeToken,
+        Target, UpdateCustomer, Violations, WatchEvents, WatchStart, echo, parse_id,
     },
     pb,
 };
@@ -244,5 +244,80 @@ fn change_state(id: &str, external_id: &str, tag: String) -> Result<ChangeState,
             etag: etag(tag),
         }),
         None => Err(v.into_invalid()),
+    }
+}
+
+/// Most types a watch may name (there are four; repeats are allowed).
+const MAX_WATCH_TYPES: usize = 16;
+
+impl TryFrom<pb::WatchCustomerEventsRequest> for WatchEvents {
+    type Error = Invalid;
+
+    /// Which app a token belongs to is checked against the caller's later,
+    /// by the service, which knows the caller.
+    fn try_from(r: pb::WatchCustomerEventsRequest) -> Result<Self, Invalid> {
+        let pb::WatchCustomerEventsRequest {
+            resume_token,
+            start_time,
+            customer_id,
+            types,
+        } = r;
+        let mut v = Violations::new("");
+        let token = non_empty(resume_token).and_then(|token| {
+            let parsed = ResumeToken::parse(&token);
+            if parsed.is_none() {
+                v.add(
+                    "resume_token",
+                    format!("{} is not a resume token of this service", echo(&token)),
+                );
+            }
+            parsed
+        });
+        let time = start_time.and_then(|t| {
+            from_timestamp("start_time", t)
+                .map_err(|invalid| v.absorb(invalid))
+                .ok()
+        });
+        let start = match (token, time) {
+            (Some(_), Some(_)) => {
+                v.add("start_time", "set resume_token or start_time, not both");
+                WatchStart::Now
+            }
+            (Some(token), None) => WatchStart::After(token),
+            (None, Some(time)) => WatchStart::At(time),
+            (None, None) => WatchStart::Now,
+        };
+        let customer = non_empty(customer_id).and_then(|id| {
+            parse_id("customer_id", &id)
+                .map_err(|invalid| v.absorb(invalid))
+                .ok()
+        });
+        if types.len() > MAX_WATCH_TYPES {
+            v.add("types", format!("at most {MAX_WATCH_TYPES} types"));
+        }
+        let mut kinds = Vec::new();
+        for (i, t) in types.iter().take(MAX_WATCH_TYPES).enumerate() {
+            use pb::customer_event::Type;
+            let kind = match Type::try_from(*t) {
+                Ok(Type::Created) => EventType::Created,
+                Ok(Type::Updated) => EventType::Updated,
+                Ok(Type::Archived) => EventType::Archived,
+                Ok(Type::Deleted) => EventType::Deleted,
+                Ok(Type::Unspecified) | Err(_) => {
+                    v.add(format!("types[{i}]"), "unknown event type");
+                    continue;
+                }
+            };
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        v.into_result(WatchEvents {
+            start,
+            filter: EventFilter {
+                customer,
+                types: kinds,
+            },
+        })
     }
 }

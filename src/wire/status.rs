@@ -27,7 +27,10 @@ pub fn code(error: &Error) -> Code {
         Error::EtagMismatch | Error::Contention => Code::Aborted,
         Error::Archived | Error::Deleted => Code::FailedPrecondition,
         Error::Unauthenticated(_) => Code::Unauthenticated,
-        Error::RateLimited | Error::TooManyStreams => Code::ResourceExhausted,
+        Error::RateLimited | Error::TooManyStreams | Error::TooManyWatches => {
+            Code::ResourceExhausted
+        }
+        Error::ResumeTokenExpired { .. } => Code::OutOfRange,
         Error::DeadlineExceeded => Code::DeadlineExceeded,
         Error::ShuttingDown | Error::StreamStalled | Error::Unavailable(_) => Code::Unavailable,
         Error::Cancelled => Code::Cancelled,
@@ -62,6 +65,9 @@ impl From<Error> for Status {
         } = &error
         {
             metadata.insert("customer_id".to_owned(), holder.to_string());
+        }
+        if let Error::ResumeTokenExpired { oldest } = &error {
+            metadata.insert("oldest_resume_token".to_owned(), oldest.clone());
         }
         let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
         if let Error::InvalidArgument(invalid) = &error {

@@ -16,7 +16,7 @@ use customers::{
     embedded_pg::{Cluster, ClusterOptions, process_alive},
     pb::{self, customer_service_client::CustomerServiceClient},
     server::ServeOptions,
-    service::{CustomerApi, StreamOptions, StreamStats},
+    service::{CustomerApi, EventOptions, StreamOptions, StreamStats},
     storage::{self, Pool, PoolOptions},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -221,6 +221,8 @@ pub struct TestService {
 
 pub struct Options {
     pub stream: StreamOptions,
+    /// Change events; `listen_url` defaults to the test's database.
+    pub events: EventOptions,
     pub pool: PoolOptions,
     pub serve: ServeOptions,
     /// How the test client speaks TLS to a TLS server.
@@ -231,6 +233,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             stream: StreamOptions::default(),
+            events: EventOptions::default(),
             pool: PoolOptions {
                 max_size: 8,
                 ..PoolOptions::default()
@@ -275,12 +278,17 @@ impl TestService {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
+        let mut events = options.events;
+        events
+            .listen_url
+            .get_or_insert_with(|| database_url.clone());
         let api = CustomerApi::new(
             pool.clone(),
             options.stream,
             options.pool.statement_timeout,
             shutdown.clone(),
-        );
+        )
+        .with_events(events);
         let stats = api.stream_stats();
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_address = metrics_listener.local_addr().unwrap();

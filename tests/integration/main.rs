@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod create;
+mod events;
 mod get;
 mod lifecycle;
 mod list;

@@ -24,7 +24,14 @@ async fn every_query_shape_uses_an_index_under_row_level_security() {
     conn.batch_execute(
         "INSERT INTO customer_provider_ids (app_id, customer_id, provider, provider_customer_id)
          SELECT app_id, id, 'stripe', 'cus_' || id FROM customers WHERE email LIKE 'bulk%';
-         ANALYZE customers; ANALYZE customer_provider_ids",
+         INSERT INTO customer_event_heads (app_id, position) VALUES
+             ('00000000-0000-0000-0000-000000000000', 100001)
+         ON CONFLICT (app_id) DO UPDATE SET position = customer_event_heads.position + 100000;
+         INSERT INTO customer_events (app_id, position, id, type, customer_id, customer, create_time)
+         SELECT app_id, 1 + row_number() OVER (), gen_random_uuid(), 'updated', id, '{}',
+                now() - interval '1 day' + row_number() OVER () * interval '1 ms'
+         FROM customers WHERE email LIKE 'bulk%';
+         ANALYZE customers; ANALYZE customer_provider_ids; ANALYZE customer_events",
     )
     .await
     .unwrap();
