@@ -46,7 +46,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Server, rss_kib, wait_serving};
+use common::{Server, cpu_time, rss_kib, wait_serving};
 use customers::{
     domain::{AppId, CustomerId},
     embedded_pg::{self, Cluster, ClusterOptions},
@@ -791,23 +791,6 @@ impl Bench {
             postgres: Some(expected as f64 / copy_elapsed),
             postgres_ms: None,
         })
-    }
-}
-
-/// CPU time a process has used so far (user and system, all its threads),
-/// from `/proc/<pid>/stat`: fields 14 and 15, in clock ticks of 1/100 s
-/// (Linux's USER_HZ).
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after "pid (comm)" start at field 3; comm may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
-    match (ticks(14), ticks(15)) {
-        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 10)),
-        _ => anyhow::bail!("no CPU times in /proc/{pid}/stat"),
     }
 }
 

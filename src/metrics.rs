@@ -34,7 +34,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{Instrument, Span, field};
 
-use crate::{error::AuthFailure, service::StreamStats, storage::Pool};
+use crate::{
+    error::AuthFailure,
+    service::{CustomerApi, EventStats, StreamStats},
+    storage::Pool,
+};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
@@ -139,8 +143,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A registry of these metrics, the pool's gauges and stream counters.
-    pub fn registry(&self, pool: &Pool, streams: &Arc<StreamStats>) -> Registry {
+    /// A registry of these metrics, the pool's gauges and the stream and
+    /// watch counters of `api`.
+    pub fn registry(&self, api: &CustomerApi) -> Registry {
         let mut registry = Registry::default();
         registry.register(
             "grpc_server_started",
@@ -163,8 +168,10 @@ impl Metrics {
             self.auth_failures.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
-            pool: pool.clone(),
-            streams: streams.clone(),
+            pool: api.pool().clone(),
+            streams: api.stream_stats(),
+            watches: api.watch_stats(),
+            events: api.events().stats().clone(),
         }));
         registry
     }
@@ -390,6 +397,8 @@ impl<B: Body> Body for ObservedBody<B> {
 struct StateCollector {
     pool: Pool,
     streams: Arc<StreamStats>,
+    watches: Arc<StreamStats>,
+    events: Arc<EventStats>,
 }
 
 impl fmt::Debug for StateCollector {
@@ -433,7 +442,43 @@ impl Collector for StateCollector {
                 "Bytes of customers waiting in ListCustomers buffers for their clients",
                 self.streams.buffered_bytes.load(Relaxed) as i64,
             ),
+            (
+                "customers_open_watches",
+                "WatchCustomerEvents streams being served",
+                self.watches.open.load(Relaxed) as i64,
+            ),
+            (
+                "customers_watch_buffered_bytes",
+                "Bytes of events waiting in WatchCustomerEvents buffers for their clients",
+                self.watches.buffered_bytes.load(Relaxed) as i64,
+            ),
         ];
+        let counters = [
+            (
+                "customers_event_feed_reads",
+                "Database reads of change events by per-app feeds (shared by all watches of an app)",
+                self.events.feed_reads.load(Relaxed),
+            ),
+            (
+                "customers_event_watch_reads",
+                "Database reads of change events by single watches (catching up)",
+                self.events.watch_reads.load(Relaxed),
+            ),
+            (
+                "customers_event_messages",
+                "Events and bookmarks handed to WatchCustomerEvents streams",
+                self.events.messages.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;

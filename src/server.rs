@@ -172,7 +172,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     });
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving metrics on /metrics");
-        let registry = options.metrics.registry(&pool, &api.stream_stats());
+        let registry = options.metrics.registry(&api);
         tokio::spawn(metrics::serve(listener, registry, shutdown.clone()));
     }
     tracing::info!(address = %config.listen, tls = options.tls.is_some(), "serving gRPC");

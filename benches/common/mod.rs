@@ -1,5 +1,7 @@
-//! What both benchmarks need: the service as a child process, a readiness
-//! wait, and its memory figures.
+#![allow(dead_code)] // Each benchmark uses a part.
+
+//! What the benchmarks share: the service as a child process, a readiness
+//! wait, and its memory and CPU figures.
 
 use std::{
     process::Child,
@@ -53,4 +55,21 @@ pub fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
                 .ok()
         })
         .ok_or_else(|| anyhow::anyhow!("no {field} for {pid}"))
+}
+
+/// CPU time a process has used so far (user and system, all its threads),
+/// from `/proc/<pid>/stat`: fields 14 and 15, in clock ticks of 1/100 s
+/// (Linux's USER_HZ).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after "pid (comm)" start at field 3; comm may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    match (ticks(14), ticks(15)) {
+        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 10)),
+        _ => anyhow::bail!("no CPU times in /proc/{pid}/stat"),
+    }
 }

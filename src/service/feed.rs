@@ -77,6 +77,19 @@ const FEED_BATCH: usize = 500;
 /// Most events pruned per app per statement.
 const PRUNE_BATCH: i32 = 10_000;
 
+/// Counters of change events in this process.
+#[derive(Debug, Default)]
+pub struct EventStats {
+    /// Database reads by feeds (one per app per wake-up, whatever the
+    /// number of watches).
+    pub feed_reads: std::sync::atomic::AtomicU64,
+    /// Database reads by watches themselves: catching up at the start, or
+    /// after falling behind their feed.
+    pub watch_reads: std::sync::atomic::AtomicU64,
+    /// Events and bookmarks handed to watch streams.
+    pub messages: std::sync::atomic::AtomicU64,
+}
+
 /// One app's reader.
 struct Feed {
     tx: broadcast::Sender<Arc<Batch>>,
@@ -89,6 +102,7 @@ struct Inner {
     statement_limit: Duration,
     shutdown: CancellationToken,
     feeds: Mutex<HashMap<AppId, Arc<Feed>>>,
+    stats: Arc<EventStats>,
     /// Apps changed by this replica whose notification is not sent yet.
     pending: Mutex<HashSet<AppId>>,
     notify_pending: Notify,
@@ -114,6 +128,7 @@ impl EventHub {
                 statement_limit,
                 shutdown,
                 feeds: Mutex::default(),
+                stats: Arc::default(),
                 pending: Mutex::default(),
                 notify_pending: Notify::new(),
             }),
@@ -122,6 +137,10 @@ impl EventHub {
 
     pub fn options(&self) -> &EventOptions {
         &self.inner.options
+    }
+
+    pub fn stats(&self) -> &Arc<EventStats> {
+        &self.inner.stats
     }
 
     /// Starts the listener, the notifier and the pruner; they stop at
@@ -208,6 +227,10 @@ impl EventHub {
                     Some(after) => after,
                     None => store::head(&self.inner.pool, &ctx, &never).await?.position,
                 };
+                self.inner
+                    .stats
+                    .feed_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let page = store::read_page(
                     &self.inner.pool,
                     &ctx,

@@ -12,7 +12,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-pub use feed::{EventHub, EventOptions};
+pub use feed::{EventHub, EventOptions, EventStats};
 pub use stream::{CustomerStream, StreamOptions, StreamStats};
 pub use watch::EventStream;
 

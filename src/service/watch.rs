@@ -3,7 +3,7 @@
 //! back to the database whenever what the feed hands it does not follow
 //! what it sent: positions are gapless per app, so a gap is always seen.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use tokio::{sync::broadcast, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -140,6 +140,11 @@ impl Watch {
             resume_token: self.token(position),
         };
         self.sender.send(message).await?;
+        self.api
+            .events
+            .stats()
+            .messages
+            .fetch_add(1, Ordering::Relaxed);
         self.position = position;
         self.quiet_until = Instant::now() + self.api.events.options().bookmark_interval;
         Ok(())
@@ -203,6 +208,8 @@ impl Watch {
     async fn catch_up(&mut self, cancel: &CancellationToken) -> Result<(), Ended> {
         let batch = self.api.stream.batch_size.max(1);
         loop {
+            let stats = self.api.events.stats();
+            stats.watch_reads.fetch_add(1, Ordering::Relaxed);
             let page = store::read_page(
                 &self.api.pool,
                 &self.ctx,

@@ -292,7 +292,7 @@ impl TestService {
         let stats = api.stream_stats();
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_address = metrics_listener.local_addr().unwrap();
-        let registry = options.serve.metrics.registry(&pool, &stats);
+        let registry = options.serve.metrics.registry(&api);
         tokio::spawn(customers::metrics::serve(
             metrics_listener,
             registry,

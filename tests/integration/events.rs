@@ -756,3 +756,43 @@ async fn concurrent_writers_with_rollbacks_and_cut_watches_lose_nothing_and_inve
         }
     }
 }
+
+/// The value of an unlabelled metric in a scrape.
+fn metric(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in the scrape"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_watches_of_an_app_share_one_read_per_change() {
+    let mut svc = TestService::start().await;
+    let mut watches = Vec::new();
+    for _ in 0..50 {
+        watches.push(watch(&mut svc.client, Default::default()).await.0);
+    }
+    let before = scrape(&svc).await;
+    let changes = 10;
+    for i in 0..changes {
+        let created = create_new(&mut svc.client, customer(&format!("m{i}@example.com"))).await;
+        for stream in &mut watches {
+            let (event, _) = next_event(stream).await;
+            assert_eq!(event.customer_id, created.id);
+        }
+    }
+    let after = scrape(&svc).await;
+    let watch_reads = metric(&after, "customers_event_watch_reads_total")
+        - metric(&before, "customers_event_watch_reads_total");
+    let feed_reads = metric(&after, "customers_event_feed_reads_total")
+        - metric(&before, "customers_event_feed_reads_total");
+    assert_eq!(watch_reads, 0, "no watch read the database itself");
+    assert!(
+        (1..=2 * changes).contains(&feed_reads),
+        "{feed_reads} feed reads for {changes} changes and 50 watches"
+    );
+    assert_eq!(metric(&after, "customers_open_watches"), 50);
+}
