@@ -6,6 +6,11 @@
 //! primary-key lookup and a constant-time comparison. Successful checks are
 //! cached for `cache_ttl`, so a revocation takes effect within that time.
 //!
+//! A key whose id is not among the known key ids (all of them, loaded at
+//! most once per [`KEY_IDS_REFRESH`]) is refused without a lookup: a flood
+//! of random well-formed keys costs the database one query per second, not
+//! one per key. A key created since the last load waits for the next one.
+//!
 //! A tower layer checks every `customers.v1` call before any handler runs
 //! and puts the caller's [`AppId`] in the request's extensions; health and
 //! reflection stay open.
@@ -33,6 +38,8 @@ use crate::{
 };
 
 const KEY_PREFIX: &str = "ck_";
+/// The known key ids are loaded again at most this often.
+pub const KEY_IDS_REFRESH: Duration = Duration::from_secs(1);
 const ID_CHARS: usize = 26;
 const SECRET_BYTES: usize = 20;
 
@@ -149,6 +156,54 @@ pub struct Authenticator {
     cache: moka::future::Cache<[u8; 32], (AppId, KeyId)>,
     limiter: Option<Arc<DefaultKeyedRateLimiter<AppId>>>,
     metrics: Metrics,
+    known: Arc<KnownKeys>,
+}
+
+/// The ids of every key, as last loaded.
+#[derive(Default)]
+struct KnownKeys {
+    ids: std::sync::RwLock<std::collections::HashSet<(AppId, KeyId)>>,
+    /// When the ids were last loaded (`None`: never); held across a load, so
+    /// that concurrent misses share one.
+    loaded: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl KnownKeys {
+    fn contains(&self, app: AppId, id: KeyId) -> bool {
+        self.ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(app, id))
+    }
+
+    /// Whether `(app, id)` is a key's id, loading the ids again if it is
+    /// not known, but no sooner than [`KEY_IDS_REFRESH`] after the last load
+    /// (waiting for that).
+    async fn check(
+        &self,
+        pool: &Pool,
+        metrics: &Metrics,
+        app: AppId,
+        id: KeyId,
+    ) -> Result<bool, Error> {
+        if self.contains(app, id) {
+            return Ok(true);
+        }
+        let asked = tokio::time::Instant::now();
+        let mut loaded = self.loaded.lock().await;
+        // Loaded by another caller while this one waited: that load counts.
+        if loaded.is_some_and(|at| at >= asked) {
+            return Ok(self.contains(app, id));
+        }
+        if let Some(at) = *loaded {
+            tokio::time::sleep_until(at + KEY_IDS_REFRESH).await;
+        }
+        metrics.auth_lookup("key_ids");
+        let ids = apps::all_key_ids(pool).await?;
+        *self.ids.write().unwrap_or_else(|e| e.into_inner()) = ids.into_iter().collect();
+        *loaded = Some(tokio::time::Instant::now());
+        Ok(self.contains(app, id))
+    }
 }
 
 impl Authenticator {
@@ -165,6 +220,7 @@ impl Authenticator {
                 ))
             }),
             metrics,
+            known: Arc::default(),
         }
     }
 
@@ -186,6 +242,14 @@ impl Authenticator {
             return Ok(caller);
         }
         let key = ApiKey::parse(presented).ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;
+        if !self
+            .known
+            .check(&self.pool, &self.metrics, key.app, key.id)
+            .await?
+        {
+            return Err(Error::Unauthenticated(AuthFailure::Invalid));
+        }
+        self.metrics.auth_lookup("key");
         let (record, valid) = apps::find_key(&self.pool, key.app, key.id)
             .await?
             .ok_or(Error::Unauthenticated(AuthFailure::Invalid))?;

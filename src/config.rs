@@ -153,6 +153,29 @@ pub struct ServeConfig {
           value_parser = parse_duration)]
     pub http2_keepalive_timeout: Duration,
 
+    /// Most client connections open at once; a connection past it is
+    /// closed as soon as it is accepted.
+    #[arg(long, env = "CUSTOMERS_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most concurrent calls (HTTP/2 streams) on one connection: a client
+    /// opening more waits for one to end (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "CUSTOMERS_MAX_CONCURRENT_STREAMS", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Largest header block of a request, in bytes; a larger one is refused.
+    #[arg(long, env = "CUSTOMERS_MAX_HEADER_LIST_SIZE", default_value_t = 16 << 10,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_header_list_size: u32,
+
+    /// A connection that sends nothing for this long after it is accepted
+    /// (not even the HTTP/2 preface, or the TLS handshake) is closed.
+    #[arg(long, env = "CUSTOMERS_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "CUSTOMERS_MAX_RECV_MESSAGE_SIZE", default_value_t = 4 << 20,
           value_parser = clap::value_parser!(u32).range(1024..))]

@@ -1,6 +1,7 @@
 //! The customer service: a gRPC API over PostgreSQL that owns billing
 //! customers. See README.md.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod config;

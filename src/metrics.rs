@@ -88,6 +88,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandledLabels {
     grpc_type: &'static str,
     grpc_service: &'static str,
@@ -107,6 +112,8 @@ pub struct Metrics {
     handled: Family<HandledLabels, Counter>,
     handling_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     auth_failures: Family<ReasonLabels, Counter>,
+    /// Database reads made to check keys: one key's record, or every key id.
+    auth_lookups: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +123,7 @@ impl Default for Metrics {
             handled: Family::default(),
             handling_seconds: Family::new_with_constructor(latency_histogram),
             auth_failures: Family::default(),
+            auth_lookups: Family::default(),
         }
     }
 }
@@ -132,6 +140,12 @@ impl Metrics {
         MetricsLayer {
             metrics: self.clone(),
         }
+    }
+
+    /// Counts a database read made to check keys: `"key"` (one key's
+    /// record) or `"key_ids"` (every key id).
+    pub fn auth_lookup(&self, kind: &'static str) {
+        self.auth_lookups.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Counts a failed authentication by its reason.
@@ -166,6 +180,11 @@ impl Metrics {
             "customers_auth_failures",
             "Calls refused for a missing, invalid or revoked API key",
             self.auth_failures.clone(),
+        );
+        registry.register(
+            "customers_auth_lookups",
+            "Database reads made to check API keys, by kind (key: one key's record; key_ids: every key id)",
+            self.auth_lookups.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
             pool: api.pool().clone(),

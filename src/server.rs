@@ -1,7 +1,7 @@
 //! Wiring: the database (given or embedded), migrations, the gRPC server
 //! with health and reflection, readiness, and the shutdown sequence.
 
-use std::{num::NonZeroU32, path::Path, time::Duration};
+use std::{num::NonZeroU32, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -44,6 +44,14 @@ pub struct ServeOptions {
     /// unanswered before the connection is closed.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams (calls) per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request header block, in bytes.
+    pub max_header_list_size: u32,
+    /// How long a new connection may send nothing.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +66,10 @@ impl Default for ServeOptions {
             auth: AuthOptions::default(),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_concurrent_streams: 200,
+            max_header_list_size: 16 << 10,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +104,10 @@ impl ServeOptions {
             },
             keepalive_interval: config.http2_keepalive_interval,
             keepalive_timeout: config.http2_keepalive_timeout,
+            max_connections: config.max_connections as usize,
+            max_concurrent_streams: config.max_concurrent_streams,
+            max_header_list_size: config.max_header_list_size,
+            handshake_timeout: config.handshake_timeout,
         })
     }
 }
@@ -267,7 +283,9 @@ pub async fn serve(
 
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(options.keepalive_interval))
-        .http2_keepalive_timeout(Some(options.keepalive_timeout));
+        .http2_keepalive_timeout(Some(options.keepalive_timeout))
+        .max_concurrent_streams(Some(options.max_concurrent_streams))
+        .http2_max_header_list_size(Some(options.max_header_list_size));
     if let Some(identity) = options.tls {
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
@@ -281,7 +299,15 @@ pub async fn serve(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(customers)
-        .serve_with_incoming_shutdown(incoming(listener, options.keepalive_interval), drain);
+        .serve_with_incoming_shutdown(
+            incoming(
+                listener,
+                options.keepalive_interval,
+                options.max_connections,
+                options.handshake_timeout,
+            ),
+            drain,
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return Ok(result?),
@@ -299,22 +325,47 @@ pub async fn serve(
 }
 
 /// Accepted connections, with TCP keepalive (a peer whose host vanished is
-/// noticed even by the kernel) and no Nagle delay.
+/// noticed even by the kernel) and no Nagle delay; at most `max` open at
+/// once (one past it is closed at once, and logged), each closed if it
+/// sends nothing for `handshake_timeout` after it is accepted.
 fn incoming(
     listener: TcpListener,
     keepalive: Duration,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    max: usize,
+    handshake_timeout: Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<crate::accept::Limited>> {
     use futures_util::StreamExt;
-    TcpListenerStream::new(listener).map(move |accepted| {
-        let stream = accepted?;
-        let socket = socket2::SockRef::from(&stream);
-        socket.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(keepalive)
-                .with_interval(keepalive),
-        )?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let slots = slots.clone();
+        async move {
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => return Some(Err(e)),
+            };
+            let Ok(slot) = slots.try_acquire_owned() else {
+                tracing::warn!(max, "connection limit reached; closing a new connection");
+                return None;
+            };
+            let prepared = (|| {
+                let socket = socket2::SockRef::from(&stream);
+                socket.set_tcp_keepalive(
+                    &socket2::TcpKeepalive::new()
+                        .with_time(keepalive)
+                        .with_interval(keepalive),
+                )?;
+                stream.set_nodelay(true)
+            })();
+            match prepared {
+                Ok(()) => Some(Ok(crate::accept::Limited::new(
+                    stream,
+                    slot,
+                    handshake_timeout,
+                ))),
+                // A connection that died at once is not the listener's error.
+                Err(_) => None,
+            }
+        }
     })
 }
 

@@ -124,6 +124,27 @@ pub async fn find_key(
         .await
 }
 
+/// The ids of every API key, of every app (revoked and expired ones too):
+/// what authentication checks a presented key against before it costs a
+/// lookup of its own.
+pub async fn all_key_ids(pool: &Pool) -> Result<Vec<(AppId, KeyId)>, Error> {
+    let mut conn = connect(pool, None).await?;
+    let rows: Vec<(uuid::Uuid, uuid::Uuid)> = conn
+        .build_transaction()
+        .read_only()
+        .run::<_, Error, _>(async |conn| {
+            Ok(api_keys::table
+                .select((api_keys::app_id, api_keys::id))
+                .load(conn)
+                .await?)
+        })
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(app, id)| (AppId(app), KeyId(id)))
+        .collect())
+}
+
 async fn key_with_validity(
     conn: &mut AsyncPgConnection,
     app: AppId,

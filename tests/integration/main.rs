@@ -4,12 +4,15 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod abuse;
 mod bad_input;
 mod create;
 mod events;
+mod faults;
 mod get;
 mod lifecycle;
 mod list;
+mod masks;
 mod operability;
 mod operations;
 mod plans;
