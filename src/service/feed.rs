@@ -208,7 +208,10 @@ impl EventHub {
         let ctx = self.context(app);
         let never = CancellationToken::new();
         let everything = EventFilter::default();
+        // Broadcast through this position (`None`: nothing yet).
         let mut head: Option<u64> = None;
+        // The head the sequencer last returned.
+        let mut target = 0u64;
         let mut failures = 0u32;
         loop {
             {
@@ -222,11 +225,26 @@ impl EventHub {
                     return;
                 }
             }
-            let read = async {
-                let after = match head {
-                    Some(after) => after,
-                    None => store::head(&self.inner.pool, &ctx, &never).await?.position,
+            let pass = async {
+                // Number the committed events first (one short write per
+                // pass, for every watch of the app), unless positions given
+                // earlier are still to be read.
+                if head.is_none_or(|h| h >= target) {
+                    target = store::sequence(&self.inner.pool, &ctx).await?;
+                }
+                // The first batch is empty, at the head: a watch that
+                // subscribed before it and is behind it sees from it that it
+                // must catch up from the database.
+                let Some(after) = head else {
+                    return Ok(Some(Batch {
+                        after: target,
+                        through: target,
+                        events: Vec::new(),
+                    }));
                 };
+                if after >= target {
+                    return Ok(None);
+                }
                 self.inner
                     .stats
                     .feed_reads
@@ -240,25 +258,21 @@ impl EventHub {
                     &never,
                 )
                 .await?;
-                Ok::<_, crate::error::Error>((after, page))
+                Ok::<_, crate::error::Error>(Some(Batch {
+                    after,
+                    through: page.through.max(after),
+                    events: page.events,
+                }))
             };
-            match read.await {
-                Ok((after, page)) => {
+            match pass.await {
+                Ok(batch) => {
                     failures = 0;
-                    let full = page.events.len() >= FEED_BATCH;
-                    // The first batch is sent even when empty: a watch that
-                    // subscribed before the feed read its starting head, and
-                    // is behind it, sees from it that it must catch up.
-                    if page.through > after || head.is_none() {
-                        let _ = feed.tx.send(Arc::new(Batch {
-                            after,
-                            through: page.through,
-                            events: page.events,
-                        }));
-                    }
-                    head = Some(page.through.max(after));
-                    if full {
-                        continue;
+                    if let Some(batch) = batch {
+                        head = Some(batch.through);
+                        let _ = feed.tx.send(Arc::new(batch));
+                        if head.is_some_and(|h| h < target) {
+                            continue;
+                        }
                     }
                 }
                 Err(e) => {

@@ -71,7 +71,8 @@ async fn start_position(
     cancel: &CancellationToken,
 ) -> Result<u64, Error> {
     match start {
-        WatchStart::Now => Ok(store::head(pool, ctx, cancel).await?.position),
+        // Every change committed so far is before the start.
+        WatchStart::Now => store::sequence(pool, ctx).await,
         WatchStart::After(token) => {
             if token.app != ctx.app {
                 return Err(Error::invalid(

@@ -24,15 +24,7 @@ use crate::{
 #[diesel::declare_sql_function]
 extern "SQL" {
     /// See the migration `customer_events`.
-    fn append_customer_event(
-        app: sql_types::Uuid,
-        id: sql_types::Uuid,
-        kind: sql_types::Text,
-        customer_id: sql_types::Uuid,
-        customer: sql_types::Jsonb,
-        changed_fields: sql_types::Array<sql_types::Text>,
-        key_id: sql_types::Nullable<sql_types::Uuid>,
-    ) -> sql_types::BigInt;
+    fn sequence_customer_events(app: sql_types::Uuid) -> sql_types::BigInt;
 
     /// See the migration `customer_events`.
     fn prune_customer_events(
@@ -49,9 +41,9 @@ struct Snapshot {
     provider_ids: BTreeMap<String, String>,
 }
 
-/// Records `event` in the current transaction, scoped to `ctx`'s app. Must
-/// be the transaction's last statement: it holds the app's head row (and so
-/// every other write of the app that reaches this point) until the commit.
+/// Records `event` in the current transaction, scoped to `ctx`'s app,
+/// without a position (the app's sequencer gives it one once committed: see
+/// [`sequence`]). Takes no lock that other writes wait for.
 pub(super) async fn append(
     conn: &mut AsyncPgConnection,
     ctx: &RequestContext,
@@ -62,18 +54,39 @@ pub(super) async fn append(
         provider_ids: event.customer.fields.provider_ids.clone(),
     })
     .map_err(Error::internal)?;
-    diesel::select(append_customer_event(
-        ctx.app.0,
-        EventId::generate().0,
-        event.kind.as_str(),
-        event.customer.id.uuid(),
-        snapshot,
-        event.changed_fields,
-        ctx.key.map(|k| k.0),
-    ))
-    .get_result::<i64>(conn)
-    .await?;
+    diesel::insert_into(e::table)
+        .values((
+            e::app_id.eq(ctx.app.0),
+            e::id.eq(EventId::generate().0),
+            e::kind.eq(event.kind.as_str()),
+            e::customer_id.eq(event.customer.id.uuid()),
+            e::customer.eq(Some(snapshot)),
+            e::changed_fields.eq(event.changed_fields),
+            e::key_id.eq(ctx.key.map(|k| k.0)),
+        ))
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// Runs `ctx`'s app's sequencer: the app's committed events without a
+/// position get the next ones, in the order they were written. Returns the
+/// app's head (its last position). One short write transaction; concurrent
+/// sequencers of an app take turns on its head row.
+pub async fn sequence(pool: &Pool, ctx: &RequestContext) -> Result<u64, Error> {
+    let mut conn = connect(pool, ctx.deadline).await?;
+    let head = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let mut shared: &AsyncPgConnection = conn;
+            let head =
+                diesel::select(sequence_customer_events(ctx.app.0)).get_result::<i64>(&mut shared);
+            let ((), head) =
+                futures_util::try_join!(super::scope_shared(conn, ctx), async { Ok(head.await?) })?;
+            Ok(head)
+        })
+        .instrument(super::transaction_span("sequence"))
+        .await?;
+    Ok(head as u64)
 }
 
 /// Removes the personal data from a customer's recorded events (their ids,
@@ -135,7 +148,7 @@ pub(super) const EVENT_COLUMNS: EventColumns = (
 );
 
 type EventRow = (
-    i64,
+    Option<i64>,
     Uuid,
     String,
     Uuid,
@@ -156,6 +169,8 @@ fn into_event(row: EventRow) -> Result<Event, Error> {
             row.into_customer(provider_ids)
         })
         .transpose()?;
+    let position = position
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("an event read without a position")))?;
     Ok(Event {
         id: EventId(id),
         position: position as u64,
@@ -183,6 +198,7 @@ pub(super) fn first_at(app: Uuid, time: DateTime<Utc>) -> _ {
     e::table
         .filter(e::app_id.eq(app))
         .filter(e::create_time.ge(time))
+        .filter(e::position.is_not_null())
         .order(e::create_time)
         .select(e::position)
 }
@@ -262,13 +278,15 @@ pub async fn position_at(
     read!(pool, ctx, cancel, |conn, scope| {
         let (mut head_conn, mut first_conn) = (&*conn, &*conn);
         let row = head_of(app).first::<(i64, i64, Option<DateTime<Utc>>)>(&mut head_conn);
-        let first = first_at(app, time).first::<i64>(&mut first_conn);
+        let first = first_at(app, time).first::<Option<i64>>(&mut first_conn);
         let ((), row, first) =
             futures_util::try_join!(scope, async { Ok(row.await.optional()?) }, async {
                 Ok::<_, Error>(first.await.optional()?)
             })?;
         let head = to_head(row);
-        let position = first.map_or(head.position, |p| (p as u64).saturating_sub(1));
+        let position = first
+            .flatten()
+            .map_or(head.position, |p| (p as u64).saturating_sub(1));
         Ok((position, head))
     })
 }

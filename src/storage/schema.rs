@@ -65,9 +65,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    customer_events (app_id, position) {
+    customer_events (app_id, seq) {
         app_id -> Uuid,
-        position -> Int8,
+        seq -> Int8,
+        position -> Nullable<Int8>,
         id -> Uuid,
         #[sql_name = "type"]
         kind -> Text,

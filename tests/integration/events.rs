@@ -652,8 +652,8 @@ async fn concurrent_writers_with_rollbacks_and_cut_watches_lose_nothing_and_inve
                 conn.batch_execute(&format!(
                     "BEGIN; SET LOCAL ROLE customers_service; \
                      SET LOCAL customers.app_id = '{app}'; \
-                     SELECT append_customer_event('{app}', '{event}', 'updated', \
-                         '{customer}', NULL, '{{}}', NULL); \
+                     INSERT INTO customer_events (app_id, id, type, customer_id) \
+                     VALUES ('{app}', '{event}', 'updated', '{customer}'); \
                      SELECT pg_sleep({pause} / 1000.0); {end};",
                     app = app.0,
                     customer = uuid::Uuid::now_v7(),
@@ -675,8 +675,21 @@ async fn concurrent_writers_with_rollbacks_and_cut_watches_lose_nothing_and_inve
         task.await.unwrap();
     }
 
-    // The committed truth, per app, in position order.
+    // The committed truth, per app, in position order, once every event has
+    // its position (the raw transactions woke no feed: wake them).
     let mut conn = svc.sql().await;
+    for (app, _) in &apps {
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut conn,
+            &format!(
+                "SELECT sequence_customer_events('{app}'); \
+                 SELECT pg_notify('customer_events', '{app}')",
+                app = app.0
+            ),
+        )
+        .await
+        .unwrap();
+    }
     let mut truth: HashMap<AppId, Vec<(u64, String)>> = HashMap::new();
     #[derive(diesel::QueryableByName)]
     struct Row {
