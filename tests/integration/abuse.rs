@@ -135,6 +135,20 @@ async fn an_oversized_header_block_is_refused_and_the_connection_keeps_serving()
     assert_eq!(get_by_id(&mut svc.client, &c.id).await.unwrap(), c);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_message_is_refused_before_decoding() {
+    let mut svc = TestService::start().await;
+    let huge = pb::Customer {
+        email: "huge@example.com".into(),
+        name: "x".repeat(5 << 20),
+        ..Default::default()
+    };
+    let refused = create(&mut svc.client, huge).await;
+    assert_eq!(refused.unwrap_err().code(), Code::OutOfRange);
+    assert_eq!(svc.count("customers").await, 0);
+    create_new(&mut svc.client, customer("small@example.com")).await;
+}
+
 /// A tiny deterministic generator (xorshift), so that a failure replays.
 struct Rng(u64);
 
