@@ -24,7 +24,6 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -33,17 +32,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{Server, cpu_time, rss_kib, wait_serving};
+use common::{
+    Auth, Server, authorized, cpu_time, free_port, ms, on_durable_cluster, percentile, rss_kib,
+    scrape, wait_serving,
+};
 use customers::{
     domain::AppId,
-    embedded_pg::{Cluster, ClusterOptions},
+    embedded_pg::Cluster,
     pb::{self, customer_service_client::CustomerServiceClient},
     storage,
 };
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 
 const CALLERS: usize = 32;
 const CHANNELS: usize = 4;
@@ -53,7 +52,6 @@ const PACE: Duration = Duration::from_millis(25);
 const IDLE_WATCHES: usize = 200;
 
 type Client = CustomerServiceClient<Channel>;
-type Auth = MetadataValue<Ascii>;
 
 fn main() -> anyhow::Result<()> {
     let number = |name: &str, default: u64| -> anyhow::Result<u64> {
@@ -64,25 +62,9 @@ fn main() -> anyhow::Result<()> {
     };
     let seconds = number("BENCH_SECONDS", 10)?.max(1);
     let events = number("BENCH_EVENTS", 100_000)?.max(1000);
-    let root = std::env::temp_dir().join(format!("customers-events-{}", std::process::id()));
-    let cluster = Cluster::start(&ClusterOptions {
-        root: root.clone(),
-        throwaway: false,
-        port: None,
-        tls: None,
-    })?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let result = runtime.block_on(run(&cluster, Duration::from_secs(seconds), events));
-    drop(runtime);
-    cluster.stop();
-    let _ = std::fs::remove_dir_all(root);
-    result
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    on_durable_cluster("events", async |cluster| {
+        run(cluster, Duration::from_secs(seconds), events).await
+    })
 }
 
 /// The release binary on `url`, with its metrics on a port of its own.
@@ -113,45 +95,6 @@ async fn clients(endpoint: &str, n: usize) -> anyhow::Result<Vec<Client>> {
         out.push(CustomerServiceClient::new(channel));
     }
     Ok(out)
-}
-
-fn authorized<T>(message: T, auth: &Auth) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", auth.clone());
-    request
-}
-
-/// A sum of counters named `name` in a Prometheus scrape of `address`.
-async fn scrape_counter(address: &str, name: &str) -> anyhow::Result<u64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|v| v as u64)
-        .sum())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 static EMAILS: AtomicU64 = AtomicU64::new(0);
@@ -358,14 +301,11 @@ async fn run(cluster: &Cluster, duration: Duration, events: u64) -> anyhow::Resu
     let idle = |label: &'static str| {
         let metrics = metrics_a.clone();
         async move {
-            let reads_before = scrape_counter(&metrics, "customers_event_feed_reads_total").await?
-                + scrape_counter(&metrics, "customers_event_watch_reads_total").await?;
+            let reads_before = scrape(&metrics, "customers_event_").await?;
             let cpu_before = cpu_time(pid)?;
             tokio::time::sleep(duration).await;
             let cpu = cpu_time(pid)? - cpu_before;
-            let reads = scrape_counter(&metrics, "customers_event_feed_reads_total").await?
-                + scrape_counter(&metrics, "customers_event_watch_reads_total").await?
-                - reads_before;
+            let reads = scrape(&metrics, "customers_event_").await? - reads_before;
             let rss = rss_kib(pid, "VmRSS")?;
             anyhow::Ok(format!(
                 "{label}: RSS {:.1} MiB, CPU {:.2} s over {} s idle, {reads} event reads",

@@ -19,7 +19,6 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -28,24 +27,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Server, rss_kib, wait_serving};
+use common::{
+    Auth, Server, authorized, free_port, on_durable_cluster, percentile, rss_kib, scrape,
+    wait_serving,
+};
 use customers::{
     auth::ApiKey,
     domain::AppId,
-    embedded_pg::{Cluster, ClusterOptions},
+    embedded_pg::Cluster,
     pb::{self, customer_service_client::CustomerServiceClient, get_customer_request::Lookup},
     storage,
 };
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 
 const CALLERS: usize = 32;
 const CHANNELS: usize = 4;
 
 type Client = CustomerServiceClient<Channel>;
-type Auth = MetadataValue<Ascii>;
 
 fn number(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
@@ -55,56 +53,10 @@ fn number(name: &str, default: u64) -> anyhow::Result<u64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = std::env::temp_dir().join(format!("customers-soak-{}", std::process::id()));
-    let cluster = Cluster::start(&ClusterOptions {
-        root: root.clone(),
-        throwaway: false,
-        port: None,
-        tls: None,
-    })?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let result = runtime.block_on(run(&cluster));
-    drop(runtime);
-    cluster.stop();
-    let _ = std::fs::remove_dir_all(root);
-    result
+    on_durable_cluster("soak", async |cluster| run(cluster).await)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-fn authorized<T>(message: T, auth: &Auth) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", auth.clone());
-    request
-}
-
-/// The value of the metric lines starting with `prefix`, summed.
-async fn scrape(address: &str, prefix: &str) -> anyhow::Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
+/// Milliseconds with two decimals: good calls are fast.
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }

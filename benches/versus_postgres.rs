@@ -46,18 +46,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Server, cpu_time, rss_kib, wait_serving};
+use common::{Auth, Server, authorized, cpu_time, on_durable_cluster, rss_kib, wait_serving};
 use customers::{
     domain::{AppId, CustomerId},
-    embedded_pg::{self, Cluster, ClusterOptions},
+    embedded_pg::{self, Cluster},
     pb::{self, customer_service_client::CustomerServiceClient, get_customer_request::Lookup},
     storage,
 };
 use futures_util::StreamExt;
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// The default app (created by the first migration): every customer is
@@ -71,23 +68,20 @@ const CHANNELS: usize = 4;
 const WARM_UP: Duration = Duration::from_secs(1);
 
 type Client = CustomerServiceClient<Channel>;
-type Auth = MetadataValue<Ascii>;
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let root = std::env::temp_dir().join(format!("customers-versus-pg-{}", std::process::id()));
-    let cluster = Cluster::start(&ClusterOptions {
-        root: root.clone(),
-        throwaway: false,
-        port: None,
-        tls: None,
-    })?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let result = runtime.block_on(run(&cluster, &settings));
-    drop(runtime);
-    cluster.stop();
-    let _ = std::fs::remove_dir_all(root);
-    result
+    // An existing database instead of a cluster of our own (Citus, for
+    // `scripts/citus-check --bench`): migrated and seeded here.
+    if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
+        let dir = std::env::temp_dir().join(format!("customers-versus-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        let result = runtime.block_on(run_on(&url, &dir, &settings));
+        let _ = std::fs::remove_dir_all(dir);
+        return result;
+    }
+    on_durable_cluster("versus-pg", async |cluster| run(cluster, &settings).await)
 }
 
 /// What to run, from the environment.
@@ -124,9 +118,13 @@ impl Settings {
 }
 
 async fn run(cluster: &Cluster, settings: &Settings) -> anyhow::Result<()> {
-    let n = settings.customers;
     storage::create_database(&cluster.url("postgres"), "bench", None).await?;
-    let url = cluster.url("bench");
+    run_on(&cluster.url("bench"), cluster.root(), settings).await
+}
+
+async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()> {
+    let n = settings.customers;
+    let url = url.to_owned();
     storage::migrate(&url).await?;
     let db = connect(&url).await?;
 
@@ -168,7 +166,7 @@ async fn run(cluster: &Cluster, settings: &Settings) -> anyhow::Result<()> {
         auth,
         customers: n,
         duration: Duration::from_secs(settings.seconds),
-        pgbench: PgBench::new(&url, cluster.root(), settings.seconds)?,
+        pgbench: PgBench::new(&url, dir, settings.seconds)?,
         service_pid: server.0.id(),
     };
     println!(
@@ -538,12 +536,6 @@ impl Call {
 fn search_range(customers: u64) -> (u64, u64) {
     let low = (customers / 100).max(1);
     (low, (customers / 10 - 1).max(low))
-}
-
-fn authorized<T>(message: T, auth: &Auth) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", auth.clone());
-    request
 }
 
 fn status(status: tonic::Status) -> String {

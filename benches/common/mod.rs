@@ -73,3 +73,74 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
         _ => anyhow::bail!("no CPU times in /proc/{pid}/stat"),
     }
 }
+
+/// An API key as request metadata.
+pub type Auth = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// `message` with `authorization: <auth>`.
+pub fn authorized<T>(message: T, auth: &Auth) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port(),
+    )
+}
+
+/// The sum of the metric lines starting with `prefix` in a Prometheus
+/// scrape of `address`.
+pub async fn scrape(address: &str, prefix: &str) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
+/// The `p` quantile of sorted latencies.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// A duration in milliseconds, for tables.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs `work` on a durable PostgreSQL cluster of its own (fsync on, as the
+/// service's embedded mode runs it), removed afterwards.
+pub fn on_durable_cluster(
+    name: &str,
+    work: impl AsyncFnOnce(&customers::embedded_pg::Cluster) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use customers::embedded_pg::{Cluster, ClusterOptions};
+    let root = std::env::temp_dir().join(format!("customers-{name}-{}", std::process::id()));
+    let cluster = Cluster::start(&ClusterOptions {
+        root: root.clone(),
+        throwaway: false,
+        port: None,
+        tls: None,
+    })?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(work(&cluster));
+    drop(runtime);
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(root);
+    result
+}

@@ -46,6 +46,7 @@ macro_rules! read {
 }
 
 pub mod apps;
+mod citus;
 pub mod connection;
 pub mod customers;
 pub mod events;
@@ -305,8 +306,12 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         )?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
-            .map(|versions| versions.iter().map(ToString::to_string).collect())
-            .map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+            .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+            .and_then(|mut applied| {
+                applied.extend(citus::distribute(&mut conn)?);
+                Ok(applied)
+            });
         diesel::connection::SimpleConnection::batch_execute(
             &mut conn,
             &format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"),

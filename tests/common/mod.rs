@@ -109,6 +109,29 @@ pub fn database_url(db: &str) -> String {
     server_db().url_pattern.replace("{db}", db)
 }
 
+/// The admin URLs of the Citus workers behind `DATABASE_URL` (the
+/// coordinator), from `CITUS_WORKER_URLS` (comma-separated): set by
+/// `scripts/citus-check` to run the suite on a Citus cluster.
+pub fn citus_workers() -> Vec<String> {
+    std::env::var("CITUS_WORKER_URLS")
+        .map(|v| {
+            v.split(',')
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| u.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Host and port of a `postgres://user@host:port/db` URL.
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "5432"));
+    (host.to_owned(), port.parse().expect("a port"))
+}
+
 /// A database of one test, dropped (`WITH (FORCE)`) when this is.
 pub struct TestDatabase {
     pub url: String,
@@ -117,6 +140,21 @@ pub struct TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        for worker in citus_workers() {
+            let admin = with_database(&worker, "postgres");
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let mut conn = AsyncPgConnection::establish(&admin).await?;
+                    conn.batch_execute(&sql).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .join();
+        }
         let admin = database_url("postgres");
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         // A thread and runtime of its own: drop cannot await, and the test's
@@ -140,6 +178,10 @@ impl Drop for TestDatabase {
 
 /// A new, migrated, empty database, dropped when the result is.
 pub async fn fresh_database() -> TestDatabase {
+    let workers = citus_workers();
+    if !workers.is_empty() {
+        return fresh_citus_database(&workers).await;
+    }
     let admin = database_url("postgres");
     let template = TEMPLATE
         .get_or_init(|| async {
@@ -161,6 +203,66 @@ pub async fn fresh_database() -> TestDatabase {
         url: database_url(&name),
         name,
     }
+}
+
+/// On Citus, a database is a cluster of its own (its metadata lives in it):
+/// the database on the coordinator and on every worker, the extension in
+/// each, the workers added, then the migrations, which distribute the
+/// tables. The service's role must log in to the workers (the coordinator
+/// opens its connections there as the current role): `citus-check` trusts
+/// local connections.
+async fn fresh_citus_database(workers: &[String]) -> TestDatabase {
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let coordinator = database_url("postgres");
+    for admin in std::iter::once(coordinator.clone()).chain(workers.iter().cloned()) {
+        storage::create_database(&with_database(&admin, "postgres"), &name, None)
+            .await
+            .expect("creating a test database");
+        let mut conn = AsyncPgConnection::establish(&with_database(&admin, &name))
+            .await
+            .expect("connecting to a new test database");
+        conn.batch_execute("CREATE EXTENSION citus").await.unwrap();
+    }
+    let url = database_url(&name);
+    let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+    let (host, port) = host_port(&coordinator);
+    conn.batch_execute(&format!(
+        "SELECT citus_set_coordinator_host('{host}', {port})"
+    ))
+    .await
+    .unwrap();
+    for worker in workers {
+        let (host, port) = host_port(worker);
+        conn.batch_execute(&format!("SELECT citus_add_node('{host}', {port})"))
+            .await
+            .unwrap();
+    }
+    storage::migrate(&url).await.expect("migrating on Citus");
+    // Every app-scoped table is distributed by app, co-located with
+    // customers; apps is a reference table.
+    let distributed = count_on(
+        &mut conn,
+        "SELECT count(*) AS n FROM pg_dist_partition p
+         WHERE p.partmethod = 'h' AND column_to_column_name(p.logicalrelid, p.partkey) = 'app_id'
+           AND p.colocationid = (SELECT colocationid FROM pg_dist_partition
+                                 WHERE logicalrelid = 'customers'::regclass)",
+    )
+    .await;
+    assert_eq!(
+        distributed, 5,
+        "customers, customer_provider_ids, api_keys and the event tables"
+    );
+    let reference = count_on(
+        &mut conn,
+        "SELECT count(*) AS n FROM pg_dist_partition
+         WHERE logicalrelid = 'apps'::regclass AND partmethod = 'n' AND repmodel = 't'",
+    )
+    .await;
+    assert_eq!(reference, 1, "apps is a reference table");
+    conn.batch_execute("ALTER ROLE customers_service LOGIN")
+        .await
+        .unwrap();
+    TestDatabase { url, name }
 }
 
 /// Adds an API key to every call.
@@ -373,6 +475,17 @@ impl Drop for TestService {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A second app of the service's database, and a client of it.
+pub async fn other_app(svc: &TestService) -> (AppId, Client) {
+    let pool = storage::pool(&svc.database_url, &PoolOptions::default()).unwrap();
+    let app = customers::storage::apps::create_app(&pool, "other")
+        .await
+        .unwrap()
+        .app_id();
+    let key = create_key(&svc.database_url, app).await;
+    (app, client(svc.channel.clone(), &key))
 }
 
 /// Inserts `n` customers of the default app straight into the table (fast),

@@ -6,7 +6,6 @@ use customers::{
     domain::{AppId, ResumeToken},
     pb::{self, customer_event::Type},
     service::EventOptions,
-    storage::{self, PoolOptions, apps},
 };
 use prost::Message;
 use tonic::{Code, Streaming};
@@ -59,14 +58,6 @@ async fn next_event(stream: &mut Watch) -> (pb::CustomerEvent, String) {
 
 fn position(token: &str) -> u64 {
     ResumeToken::parse(token).expect("a token").position
-}
-
-/// A second app of the service's database, and a client of it.
-async fn other_app(svc: &TestService) -> (AppId, Client) {
-    let pool = storage::pool(&svc.database_url, &PoolOptions::default()).unwrap();
-    let app = apps::create_app(&pool, "other").await.unwrap().app_id();
-    let key = create_key(&svc.database_url, app).await;
-    (app, client(svc.channel.clone(), &key))
 }
 
 #[tokio::test(flavor = "multi_thread")]

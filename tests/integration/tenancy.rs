@@ -34,14 +34,6 @@ fn with_auth(auth: AuthOptions) -> Options {
     }
 }
 
-/// A second app of the service's database, and a client of it.
-async fn other_app(svc: &TestService) -> (AppId, Client) {
-    let pool = storage::pool(&svc.database_url, &PoolOptions::default()).unwrap();
-    let app = apps::create_app(&pool, "other").await.unwrap().app_id();
-    let key = create_key(&svc.database_url, app).await;
-    (app, client(svc.channel.clone(), &key))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_without_a_valid_key_are_refused_before_any_handler_runs() {
     let svc = TestService::start().await;
