@@ -344,7 +344,22 @@ impl From<DieselError> for Error {
         match &e {
             DieselError::NotFound => Error::NotFound,
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-                let key = match info.constraint_name() {
+                // On Citus, the error comes from a worker, without the
+                // constraint field, and names the shard's index in its
+                // message: the name with `_<shard id>` appended.
+                let named = info.constraint_name().or_else(|| {
+                    let (_, rest) = info.message().split_once("unique constraint \"")?;
+                    rest.split_once('"').map(|(name, _)| name)
+                });
+                let name = named.map(|name| match name.rsplit_once('_') {
+                    Some((base, shard))
+                        if !shard.is_empty() && shard.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        base
+                    }
+                    _ => name,
+                });
+                let key = match name {
                     Some("customers_email_key") => Key::Email,
                     Some("customers_external_id_key") => Key::ExternalId,
                     Some("customer_provider_ids_key") => Key::ProviderId,
@@ -420,4 +435,75 @@ pub async fn create_database(
 struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
+
+    use crate::error::{Error, Key};
+
+    struct Violation(&'static str, bool);
+
+    impl DatabaseErrorInformation for Violation {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            // As a worker's error reaches the coordinator's client: no field.
+            let (_, rest) = self.0.split_once('"')?;
+            self.1.then(|| rest.trim_end_matches('"'))
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    /// The key of a unique violation of `constraint`, with the constraint
+    /// field set and as Citus reports it (in the message only): both must
+    /// agree.
+    fn key_of(constraint: &'static str) -> Option<Key> {
+        let message: &'static str = Box::leak(
+            format!("duplicate key value violates unique constraint \"{constraint}\"")
+                .into_boxed_str(),
+        );
+        let [with_field, in_message] = [true, false].map(|field| {
+            let e = DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new(Violation(message, field)),
+            );
+            match Error::from(e) {
+                Error::AlreadyExists { key, .. } => Some(key),
+                _ => None,
+            }
+        });
+        assert_eq!(with_field, in_message, "{constraint}");
+        with_field
+    }
+
+    #[test]
+    fn unique_keys_are_named_on_plain_postgres_and_on_citus_shards() {
+        assert_eq!(key_of("customers_email_key"), Some(Key::Email));
+        // A Citus worker names the shard's index.
+        assert_eq!(key_of("customers_email_key_102008"), Some(Key::Email));
+        assert_eq!(
+            key_of("customers_external_id_key_102040"),
+            Some(Key::ExternalId)
+        );
+        assert_eq!(key_of("customer_provider_ids_key_7"), Some(Key::ProviderId));
+        assert_eq!(key_of("customers_pkey_102008"), None);
+        assert_eq!(key_of("customers_email_key_x1"), None);
+    }
 }

@@ -640,10 +640,19 @@ async fn concurrent_writers_with_rollbacks_and_cut_watches_lose_nothing_and_inve
                 } else {
                     "COMMIT"
                 };
+                // The scope alone in its batch, as the service sends it
+                // (Citus replays a propagated SET LOCAL's whole batch).
+                conn.batch_execute("BEGIN").await.unwrap();
                 conn.batch_execute(&format!(
-                    "BEGIN; SET LOCAL ROLE customers_service; \
-                     SET LOCAL customers.app_id = '{app}'; \
-                     INSERT INTO customer_events (app_id, id, type, customer_id) \
+                    "SET LOCAL citus.propagate_set_commands = 'local'; \
+                     SET LOCAL ROLE customers_service; \
+                     SET LOCAL customers.app_id = '{app}'",
+                    app = app.0,
+                ))
+                .await
+                .unwrap();
+                conn.batch_execute(&format!(
+                    "INSERT INTO customer_events (app_id, id, type, customer_id) \
                      VALUES ('{app}', '{event}', 'updated', '{customer}'); \
                      SELECT pg_sleep({pause} / 1000.0); {end};",
                     app = app.0,

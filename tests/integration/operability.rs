@@ -100,7 +100,8 @@ async fn lock_row(svc: &TestService, id: &str) -> diesel_async::AsyncPgConnectio
     let uuid = id.parse::<customers::domain::CustomerId>().unwrap().uuid();
     let mut conn = svc.sql().await;
     conn.batch_execute(&format!(
-        "BEGIN; SELECT 1 FROM customers WHERE id = '{uuid}' FOR UPDATE"
+        "BEGIN; SELECT 1 FROM customers \
+         WHERE app_id = '00000000-0000-0000-0000-000000000000' AND id = '{uuid}' FOR UPDATE"
     ))
     .await
     .unwrap();

@@ -214,7 +214,8 @@ fn the_embedded_cluster_refuses_a_symlinked_log() {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_test_database_is_dropped_with_its_service() {
     let svc = TestService::start().await;
-    let name = svc.database_url.rsplit('/').next().unwrap().to_owned();
+    let name = svc.database_url.rsplit('/').next().unwrap();
+    let name = name.split('?').next().unwrap().to_owned();
     let other = TestService::start().await;
     let exists = |name: String| {
         let other = &other;

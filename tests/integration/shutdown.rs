@@ -56,7 +56,8 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
             .unwrap()
             .uuid();
     lock.batch_execute(&format!(
-        "BEGIN; SELECT 1 FROM customers WHERE id = '{uuid}' FOR UPDATE"
+        "BEGIN; SELECT 1 FROM customers \
+         WHERE app_id = '00000000-0000-0000-0000-000000000000' AND id = '{uuid}' FOR UPDATE"
     ))
     .await
     .unwrap();

@@ -318,13 +318,11 @@ async fn row_level_security_alone_blocks_cross_app_access() {
     let count = count_on;
     // As the service's role, with app A in scope, and queries that "forget"
     // to filter by app or ask for B outright.
-    conn.batch_execute(&format!(
-        "BEGIN; SET LOCAL ROLE customers_service;
-         SELECT set_config('customers.app_id', '{}', true)",
-        a_app.0
-    ))
-    .await
-    .unwrap();
+    // Scoped exactly as the service scopes its transactions.
+    let ctx = customers::context::RequestContext::new(a_app, Duration::from_secs(30));
+    conn.batch_execute(&format!("BEGIN; {}", storage::scope_sql(&ctx).unwrap()))
+        .await
+        .unwrap();
     assert_eq!(
         count(&mut conn, "SELECT count(*) AS n FROM customers").await,
         1
