@@ -209,8 +209,8 @@ pub async fn fresh_database() -> TestDatabase {
 /// the database on the coordinator and on every worker, the extension in
 /// each, the workers added, then the migrations, which distribute the
 /// tables. The service's role must log in to the workers (the coordinator
-/// opens its connections there as the current role): `citus-check` trusts
-/// local connections.
+/// opens its connections there as the current role): `citus-check` creates
+/// it with LOGIN on every node and trusts local connections.
 async fn fresh_citus_database(workers: &[String]) -> TestDatabase {
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let coordinator = database_url("postgres");
@@ -259,9 +259,6 @@ async fn fresh_citus_database(workers: &[String]) -> TestDatabase {
     )
     .await;
     assert_eq!(reference, 1, "apps is a reference table");
-    conn.batch_execute("ALTER ROLE customers_service LOGIN")
-        .await
-        .unwrap();
     TestDatabase { url, name }
 }
 
