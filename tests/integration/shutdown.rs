@@ -88,10 +88,17 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
     let mut probe = AsyncPgConnection::establish(&url).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
+        // On Citus the wait happens on a worker, seen through
+        // citus_stat_activity (the coordinator's backend waits on the network).
         let waiting = count_on(
             &mut probe,
-            "SELECT count(*) AS n FROM pg_stat_activity
-             WHERE application_name = 'customers' AND wait_event_type = 'Lock'",
+            if citus_workers().is_empty() {
+                "SELECT count(*) AS n FROM pg_stat_activity
+                 WHERE application_name = 'customers' AND wait_event_type = 'Lock'"
+            } else {
+                "SELECT count(*) AS n FROM citus_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            },
         )
         .await;
         if waiting == 1 {
