@@ -161,19 +161,39 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
     let lookups_before = scrape(&metrics, lookups).await?;
     let flooding = Arc::new(AtomicBool::new(true));
     let refused = Arc::new(AtomicU64::new(0));
-    let flood_channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
-        .connect()
-        .await?;
+    // The flood's own connections (a connection carries at most
+    // --max-concurrent-streams calls at once, and refused calls are held
+    // until the next load of the key ids, up to a second).
+    let mut flood_channels = Vec::new();
+    for _ in 0..32 {
+        flood_channels.push(
+            tonic::transport::Endpoint::from_shared(endpoint.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let sent = Arc::new(AtomicU64::new(0));
     let flooder = {
-        let (flooding, refused) = (flooding.clone(), refused.clone());
+        let (flooding, refused, sent) = (flooding.clone(), refused.clone(), sent.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             let per_tick = (flood_rate / 100).max(1);
+            // At most this many made-up calls in flight: the rest of a tick's
+            // share is skipped (and the achieved rate reported).
+            let slots = Arc::new(tokio::sync::Semaphore::new(6_000));
             let mut inflight = tokio::task::JoinSet::new();
+            let mut n = 0usize;
             while flooding.load(Ordering::Relaxed) {
                 tick.tick().await;
                 for _ in 0..per_tick {
-                    let mut client = CustomerServiceClient::new(flood_channel.clone());
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    n += 1;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let mut client = CustomerServiceClient::new(
+                        flood_channels[n % flood_channels.len()].clone(),
+                    );
                     let bad: Auth = format!("Bearer {}", ApiKey::generate(AppId::DEFAULT).reveal())
                         .parse()
                         .unwrap();
@@ -192,6 +212,7 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                         if result.is_err_and(|s| s.code() == tonic::Code::Unauthenticated) {
                             refused.fetch_add(1, Ordering::Relaxed);
                         }
+                        drop(slot);
                     });
                 }
                 while inflight.try_join_next().is_some() {}
@@ -205,8 +226,10 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
     let flood_lookups = scrape(&metrics, lookups).await? - lookups_before;
     let refused = refused.load(Ordering::Relaxed);
     println!(
-        "\nBad-key flood ({flood_rate}/s asked, {refused} refused in {} s, {flood_lookups} key lookups):",
-        flood_seconds
+        "\nBad-key flood: {flood_rate}/s asked, {} sent ({:.0}/s), {refused} refused UNAUTHENTICATED, \
+         {flood_lookups} key lookups (customers_auth_lookups_total) in {flood_seconds} s:",
+        sent.load(Ordering::Relaxed),
+        sent.load(Ordering::Relaxed) as f64 / flood_seconds as f64
     );
     println!(
         "- good GetCustomer, 8 callers, alone:       {} calls, p50 {}, p99 {}",
@@ -225,14 +248,19 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
     println!("\nSoak: {soak_calls} mixed calls from {CALLERS} callers");
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let codes = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CALLERS {
-        let (mut client, auth, done, errors) = (
+        let (mut client, auth, done, errors, codes) = (
             clients[c % CHANNELS].clone(),
             auth.clone(),
             done.clone(),
             errors.clone(),
+            codes.clone(),
         );
         tasks.push(tokio::spawn(async move {
             // (id, external id) of customers this caller created.
@@ -240,7 +268,7 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
             let mut i = 0u64;
             while done.fetch_add(1, Ordering::Relaxed) < soak_calls {
                 i += 1;
-                let ok = match i % 10 {
+                let outcome: Result<(), tonic::Status> = match i % 10 {
                     0 | 1 => client
                         .create_customer(authorized(
                             pb::CreateCustomerRequest {
@@ -262,8 +290,7 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                             } else {
                                 mine[(i as usize) % 1000] = id;
                             }
-                        })
-                        .is_ok(),
+                        }),
                     2 if !mine.is_empty() => client
                         .update_customer(authorized(
                             pb::UpdateCustomerRequest {
@@ -280,7 +307,7 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                             &auth,
                         ))
                         .await
-                        .is_ok(),
+                        .map(|_| ()),
                     3 => {
                         let request = pb::ListCustomersRequest {
                             limit: 20,
@@ -289,20 +316,15 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                         match client.list_customers(authorized(request, &auth)).await {
                             Ok(stream) => {
                                 let mut stream = stream.into_inner();
-                                let mut ok = true;
                                 loop {
                                     match stream.message().await {
                                         Ok(Some(_)) => {}
-                                        Ok(None) => break,
-                                        Err(_) => {
-                                            ok = false;
-                                            break;
-                                        }
+                                        Ok(None) => break Ok(()),
+                                        Err(status) => break Err(status),
                                     }
                                 }
-                                ok
                             }
-                            Err(_) => false,
+                            Err(status) => Err(status),
                         }
                     }
                     4 if i % 100 == 4 => {
@@ -314,8 +336,8 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                             ))
                             .await
                         {
-                            Ok(stream) => stream.into_inner().message().await.is_ok(),
-                            Err(_) => false,
+                            Ok(stream) => stream.into_inner().message().await.map(|_| ()),
+                            Err(status) => Err(status),
                         }
                     }
                     5 if !mine.is_empty() => client
@@ -328,7 +350,7 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                             &auth,
                         ))
                         .await
-                        .is_ok(),
+                        .map(|_| ()),
                     _ if !mine.is_empty() => client
                         .get_customer(authorized(
                             pb::GetCustomerRequest {
@@ -337,11 +359,16 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
                             &auth,
                         ))
                         .await
-                        .is_ok(),
-                    _ => true,
+                        .map(|_| ()),
+                    _ => Ok(()),
                 };
-                if !ok {
+                if let Err(status) = outcome {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    *codes
+                        .lock()
+                        .unwrap()
+                        .entry(format!("{:?}", status.code()))
+                        .or_default() += 1;
                 }
             }
         }));
@@ -366,10 +393,11 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
     let connections = scrape(&metrics, "customers_db_pool_connections").await?;
     samples.push((soak_calls, rss, connections));
     println!(
-        "{soak_calls} calls in {:.0} s ({:.0} calls/s), {} failed",
+        "{soak_calls} calls in {:.0} s ({:.0} calls/s), {} failed: {:?}",
         elapsed.as_secs_f64(),
         soak_calls as f64 / elapsed.as_secs_f64(),
-        errors.load(Ordering::Relaxed)
+        errors.load(Ordering::Relaxed),
+        codes.lock().unwrap()
     );
     println!("calls done | service RSS | pool connections");
     for (n, rss, connections) in samples {

@@ -74,6 +74,10 @@ pub struct Batch {
 const FEED_CAPACITY: usize = 64;
 /// Most events a feed reads per query.
 const FEED_BATCH: usize = 500;
+/// Notifications go out at most this often: changes in between share one
+/// (a NOTIFY is a transaction of its own in PostgreSQL, queued globally).
+/// The replica's own feeds are woken at once, without it.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 /// Most events pruned per app per statement.
 const PRUNE_BATCH: i32 = 10_000;
 
@@ -105,6 +109,8 @@ struct Inner {
     stats: Arc<EventStats>,
     /// Apps changed by this replica whose notification is not sent yet.
     pending: Mutex<HashSet<AppId>>,
+    /// When the last notifications went out.
+    last_notify: Mutex<Option<tokio::time::Instant>>,
     notify_pending: Notify,
 }
 
@@ -130,6 +136,7 @@ impl EventHub {
                 feeds: Mutex::default(),
                 stats: Arc::default(),
                 pending: Mutex::default(),
+                last_notify: Mutex::default(),
                 notify_pending: Notify::new(),
             }),
         }
@@ -335,8 +342,18 @@ impl EventHub {
     /// notification each, after their writes committed. Changes that come
     /// while a send is under way share the next one.
     async fn next_changes(&self) -> Vec<AppId> {
+        let last_notify = || {
+            self.inner
+                .last_notify
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
         loop {
             self.inner.notify_pending.notified().await;
+            let last = *last_notify();
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + NOTIFY_INTERVAL).await;
+            }
             let apps: Vec<AppId> = self
                 .inner
                 .pending
@@ -345,6 +362,7 @@ impl EventHub {
                 .drain()
                 .collect();
             if !apps.is_empty() {
+                *last_notify() = Some(tokio::time::Instant::now());
                 return apps;
             }
         }
