@@ -102,6 +102,14 @@ impl CustomerApi {
         self.shutdown.clone()
     }
 
+    /// After a write committed: watches learn of it only if it changed
+    /// something (a no-op wrote no event, and wakes nobody).
+    fn wrote(&self, ctx: &RequestContext, written: &store::Written) {
+        if written.changed {
+            self.events.changed(ctx.app);
+        }
+    }
+
     fn context<T>(&self, request: &Request<T>) -> Result<RequestContext, Error> {
         RequestContext::of(request, self.statement_limit)
     }
@@ -182,11 +190,11 @@ impl CustomerService for CustomerApi {
         let ctx = self.context(&request)?;
         let command = UpdateCustomer::try_from(request.into_inner())?;
         let pool = self.pool.clone();
-        let customer =
+        let written =
             to_completion(async move { store::update(&pool, &ctx, &command).await }).await?;
-        self.events.changed(ctx.app);
+        self.wrote(&ctx, &written);
         Ok(Response::new(pb::UpdateCustomerResponse {
-            customer: Some(customer.into()),
+            customer: Some(written.customer.into()),
         }))
     }
 
@@ -236,11 +244,11 @@ impl CustomerService for CustomerApi {
         let ctx = self.context(&request)?;
         let command = ChangeState::try_from(request.into_inner())?;
         let pool = self.pool.clone();
-        let customer =
+        let written =
             to_completion(async move { store::archive(&pool, &ctx, &command).await }).await?;
-        self.events.changed(ctx.app);
+        self.wrote(&ctx, &written);
         Ok(Response::new(pb::ArchiveCustomerResponse {
-            customer: Some(customer.into()),
+            customer: Some(written.customer.into()),
         }))
     }
 
@@ -251,11 +259,11 @@ impl CustomerService for CustomerApi {
         let ctx = self.context(&request)?;
         let command = ChangeState::try_from(request.into_inner())?;
         let pool = self.pool.clone();
-        let customer =
+        let written =
             to_completion(async move { store::delete(&pool, &ctx, &command).await }).await?;
-        self.events.changed(ctx.app);
+        self.wrote(&ctx, &written);
         Ok(Response::new(pb::DeleteCustomerResponse {
-            customer: Some(customer.into()),
+            customer: Some(written.customer.into()),
         }))
     }
 }

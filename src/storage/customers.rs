@@ -456,6 +456,31 @@ async fn open_write(
 /// committed during its transaction, so that the retry can name it.
 const WRITE_ATTEMPTS: usize = 3;
 
+/// What a write to an existing customer left.
+#[derive(Debug)]
+pub struct Written {
+    pub customer: Customer,
+    /// Whether it changed anything (and so recorded an event); a retried
+    /// archive or delete, or an update that changes nothing, did not.
+    pub changed: bool,
+}
+
+impl Written {
+    fn changed(customer: Customer) -> Self {
+        Self {
+            customer,
+            changed: true,
+        }
+    }
+
+    fn unchanged(customer: Customer) -> Self {
+        Self {
+            customer,
+            changed: false,
+        }
+    }
+}
+
 /// The one path of every write to an existing customer (Update, Archive,
 /// Delete): a pooled connection, a transaction scoped to the call, the
 /// customer's row locked and its state then etag checked ([`open_write`]),
@@ -467,7 +492,7 @@ async fn write_existing(
     target: &Target,
     etag: Option<&str>,
     write: Write<'_>,
-) -> Result<Customer, Error> {
+) -> Result<Written, Error> {
     let mut conn = connect(pool, ctx.deadline).await?;
     let mut attempt = 1;
     loop {
@@ -480,12 +505,12 @@ async fn write_existing(
             .transaction::<_, Error, _>(async |conn| {
                 let current = match open_write(conn, ctx, target, etag, write).await? {
                     Opened::Proceed(current) => current,
-                    Opened::AlreadyDone(current) => return Ok(current),
+                    Opened::AlreadyDone(current) => return Ok(Written::unchanged(current)),
                 };
                 match write {
                     Write::Update(command) => update_row(conn, ctx, current, command).await,
-                    Write::Archive => archive_row(conn, ctx, current).await,
-                    Write::Delete => delete_row(conn, ctx, current).await,
+                    Write::Archive => archive_row(conn, ctx, current).await.map(Written::changed),
+                    Write::Delete => delete_row(conn, ctx, current).await.map(Written::changed),
                 }
             })
             .instrument(span)
@@ -506,7 +531,7 @@ pub async fn update(
     pool: &Pool,
     ctx: &RequestContext,
     command: &UpdateCustomer,
-) -> Result<Customer, Error> {
+) -> Result<Written, Error> {
     let etag = command.etag.as_deref();
     write_existing(pool, ctx, &command.target, etag, Write::Update(command)).await
 }
@@ -516,7 +541,7 @@ pub async fn archive(
     pool: &Pool,
     ctx: &RequestContext,
     command: &ChangeState,
-) -> Result<Customer, Error> {
+) -> Result<Written, Error> {
     let etag = command.etag.as_deref();
     write_existing(pool, ctx, &command.target, etag, Write::Archive).await
 }
@@ -526,7 +551,7 @@ pub async fn delete(
     pool: &Pool,
     ctx: &RequestContext,
     command: &ChangeState,
-) -> Result<Customer, Error> {
+) -> Result<Written, Error> {
     let etag = command.etag.as_deref();
     write_existing(pool, ctx, &command.target, etag, Write::Delete).await
 }
@@ -553,12 +578,12 @@ async fn update_row(
     ctx: &RequestContext,
     current: Customer,
     command: &UpdateCustomer,
-) -> Result<Customer, Error> {
+) -> Result<Written, Error> {
     let (app, id) = (ctx.app, current.id);
     let old = current.fields.clone();
     let new = command.patch.apply(old.clone())?;
     if *new == old {
-        return Ok(current);
+        return Ok(Written::unchanged(current));
     }
 
     // Name the holder of a taken key; the unique indexes still decide.
@@ -612,7 +637,7 @@ async fn update_row(
     let updated = row.into_customer(new.provider_ids.clone())?;
     let changed = changed_fields(&old, &new);
     record(conn, ctx, EventType::Updated, &updated, changed).await?;
-    Ok(updated)
+    Ok(Written::changed(updated))
 }
 
 async fn archive_row(
