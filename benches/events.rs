@@ -24,7 +24,6 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,8 +32,8 @@ use std::{
 };
 
 use common::{
-    Auth, Server, authorized, cpu_time, free_port, ms, on_durable_cluster, percentile, rss_kib,
-    scrape, wait_serving,
+    Auth, Server, authorized, cpu_time, default_app_key, ms, on_durable_cluster, owner_connection,
+    percentile, rss_kib, scrape, spawn_service,
 };
 use customers::{
     domain::AppId,
@@ -67,23 +66,14 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// The release binary on `url`, with its metrics on a port of its own.
+/// A replica: no call rate limit, no watch limit.
 async fn start_service(url: &str) -> anyhow::Result<(Server, String, String)> {
-    let (port, metrics) = (free_port()?, free_port()?);
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_customers"))
-            .env("DATABASE_URL", url)
-            .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CUSTOMERS_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
-            .env("RUST_LOG", "warn")
-            .env("CUSTOMERS_APP_RATE_LIMIT", "0")
-            .env("CUSTOMERS_APP_MAX_WATCHES", "0")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    wait_serving(&endpoint).await?;
-    Ok((server, endpoint, format!("127.0.0.1:{metrics}")))
+    let env = [
+        ("CUSTOMERS_APP_RATE_LIMIT", "0"),
+        ("CUSTOMERS_APP_MAX_WATCHES", "0"),
+    ];
+    let (server, endpoint, metrics) = spawn_service(url, true, &env).await?;
+    Ok((server, endpoint, metrics.unwrap_or_default()))
 }
 
 async fn clients(endpoint: &str, n: usize) -> anyhow::Result<Vec<Client>> {
@@ -182,12 +172,7 @@ async fn run(cluster: &Cluster, duration: Duration, events: u64) -> anyhow::Resu
     storage::create_database(&cluster.url("postgres"), "bench", None).await?;
     let url = cluster.url("bench");
     storage::migrate(&url).await?;
-    let pool = storage::pool(&url, &storage::PoolOptions::default())?;
-    let key = customers::admin::create_key(&pool, AppId::DEFAULT)
-        .await?
-        .reveal();
-    pool.close();
-    let auth: Auth = format!("Bearer {key}").parse()?;
+    let auth = default_app_key(&url).await?;
     let (a, endpoint_a, metrics_a) = start_service(&url).await?;
     let (_b, endpoint_b, _) = start_service(&url).await?;
     let on_a = clients(&endpoint_a, CHANNELS).await?;
@@ -251,7 +236,7 @@ async fn run(cluster: &Cluster, duration: Duration, events: u64) -> anyhow::Resu
     }
 
     // 3. Replay.
-    let db = connect(&url).await?;
+    let db = owner_connection(&url).await?;
     let head: i64 = db
         .query_one(
             "SELECT position FROM customer_event_heads \
@@ -340,12 +325,6 @@ async fn run(cluster: &Cluster, duration: Duration, events: u64) -> anyhow::Resu
         println!("- {line}");
     }
     Ok(())
-}
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 /// Appends `n` events with realistic customers to the default app's log,

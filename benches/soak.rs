@@ -19,7 +19,6 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -28,8 +27,8 @@ use std::{
 };
 
 use common::{
-    Auth, Server, authorized, free_port, on_durable_cluster, percentile, rss_kib, scrape,
-    wait_serving,
+    Auth, authorized, default_app_key, on_durable_cluster, percentile, rss_kib, scrape,
+    spawn_service,
 };
 use customers::{
     auth::ApiKey,
@@ -109,28 +108,17 @@ async fn run(cluster: &Cluster) -> anyhow::Result<()> {
     storage::create_database(&cluster.url("postgres"), "bench", None).await?;
     let url = cluster.url("bench");
     storage::migrate(&url).await?;
-    let pool = storage::pool(&url, &storage::PoolOptions::default())?;
-    let key = customers::admin::create_key(&pool, AppId::DEFAULT)
-        .await?
-        .reveal();
-    pool.close();
-    let auth: Auth = format!("Bearer {key}").parse()?;
+    let auth = default_app_key(&url).await?;
 
-    let (port, metrics) = (free_port()?, free_port()?);
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_customers"))
-            .env("DATABASE_URL", &url)
-            .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CUSTOMERS_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
-            .env("RUST_LOG", "error")
-            .env("CUSTOMERS_APP_RATE_LIMIT", "0")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
+    let (server, endpoint, metrics) = spawn_service(
+        &url,
+        true,
+        // The flood's refusals would each log a warning.
+        &[("CUSTOMERS_APP_RATE_LIMIT", "0"), ("RUST_LOG", "error")],
+    )
+    .await?;
+    let metrics = metrics.unwrap_or_default();
     let pid = server.0.id();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let metrics = format!("127.0.0.1:{metrics}");
-    wait_serving(&endpoint).await?;
     let mut clients = Vec::new();
     for _ in 0..CHANNELS {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?

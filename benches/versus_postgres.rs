@@ -38,17 +38,19 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     str::FromStr,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-use common::{Auth, Server, authorized, cpu_time, on_durable_cluster, rss_kib, wait_serving};
+use common::{
+    Auth, Server, authorized, cpu_time, default_app_key, on_durable_cluster, owner_connection,
+    rss_kib, spawn_service,
+};
 use customers::{
-    domain::{AppId, CustomerId},
+    domain::CustomerId,
     embedded_pg::{self, Cluster},
     pb::{self, customer_service_client::CustomerServiceClient, get_customer_request::Lookup},
     storage,
@@ -126,7 +128,7 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
     let n = settings.customers;
     let url = url.to_owned();
     storage::migrate(&url).await?;
-    let db = connect(&url).await?;
+    let db = owner_connection(&url).await?;
 
     println!("Seeding {n} customers...");
     let started = Instant::now();
@@ -146,12 +148,7 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
         size >> 20
     );
 
-    let pool = storage::pool(&url, &storage::PoolOptions::default())?;
-    let key = customers::admin::create_key(&pool, AppId::DEFAULT)
-        .await?
-        .reveal();
-    pool.close();
-    let auth: Auth = format!("Bearer {key}").parse()?;
+    let auth = default_app_key(&url).await?;
 
     let (server, endpoint) = start_service(&url).await?;
     let mut clients = Vec::new();
@@ -208,14 +205,6 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
         println!("- {note}");
     }
     Ok(())
-}
-
-/// A plain PostgreSQL connection as the tables' owner (row-level security
-/// does not apply), for seeding, COPY and checks.
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }
 
 // ---------------------------------------------------------------------------
@@ -295,25 +284,14 @@ async fn seed(db: &tokio_postgres::Client, n: u64) -> anyhow::Result<()> {
 
 /// Starts the release binary on `url` and waits until it is ready.
 async fn start_service(url: &str) -> anyhow::Result<(Server, String)> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_customers"))
-            .env("DATABASE_URL", url)
-            .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CUSTOMERS_METRICS_LISTEN", "off")
-            .env("RUST_LOG", "warn")
-            // Measure the service, not the per-app limits: no call rate
-            // limit, and no limit on open streams (the search runs 32
-            // streams at once, above the default 16).
-            .env("CUSTOMERS_APP_RATE_LIMIT", "0")
-            .env("CUSTOMERS_APP_MAX_STREAMS", "0")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    wait_serving(&endpoint).await?;
+    // Measure the service, not the per-app limits: no call rate limit, and
+    // no limit on open streams (the search runs 32 streams at once, above
+    // the default 16).
+    let env = [
+        ("CUSTOMERS_APP_RATE_LIMIT", "0"),
+        ("CUSTOMERS_APP_MAX_STREAMS", "0"),
+    ];
+    let (server, endpoint, _) = spawn_service(url, false, &env).await?;
     Ok((server, endpoint))
 }
 

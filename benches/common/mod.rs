@@ -144,3 +144,53 @@ pub fn on_durable_cluster(
     let _ = std::fs::remove_dir_all(root);
     result
 }
+
+/// The release binary serving `url` on a port of its own (and its metrics on
+/// another, when `metrics`), with `env` added; returned once it is ready,
+/// with its endpoint and metrics address.
+pub async fn spawn_service(
+    url: &str,
+    metrics: bool,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Server, String, Option<String>)> {
+    let port = free_port()?;
+    let metrics = metrics
+        .then(|| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .transpose()?;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_customers"));
+    command
+        .env("DATABASE_URL", url)
+        .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "CUSTOMERS_METRICS_LISTEN",
+            metrics.as_deref().unwrap_or("off"),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let server = Server(command.spawn()?);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_serving(&endpoint).await?;
+    Ok((server, endpoint, metrics))
+}
+
+/// An API key of the default app in the (migrated) database at `url`, as
+/// request metadata.
+pub async fn default_app_key(url: &str) -> anyhow::Result<Auth> {
+    let pool = customers::storage::pool(url, &customers::storage::PoolOptions::default())?;
+    let key = customers::admin::create_key(&pool, customers::domain::AppId::DEFAULT)
+        .await?
+        .reveal();
+    pool.close();
+    Ok(format!("Bearer {key}").parse()?)
+}
+
+/// A plain PostgreSQL connection as the tables' owner (row-level security
+/// does not apply), for seeding, COPY and checks.
+pub async fn owner_connection(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}

@@ -125,41 +125,31 @@ pub struct Page {
     pub head: Head,
 }
 
-pub(super) type EventColumns = (
-    e::position,
-    e::id,
-    e::kind,
-    e::customer_id,
-    e::customer,
-    e::changed_fields,
-    e::key_id,
-    e::create_time,
-);
-
-pub(super) const EVENT_COLUMNS: EventColumns = (
-    e::position,
-    e::id,
-    e::kind,
-    e::customer_id,
-    e::customer,
-    e::changed_fields,
-    e::key_id,
-    e::create_time,
-);
-
-type EventRow = (
-    Option<i64>,
-    Uuid,
-    String,
-    Uuid,
-    Option<serde_json::Value>,
-    Vec<String>,
-    Option<Uuid>,
-    DateTime<Utc>,
-);
+/// An event as read.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = e, check_for_backend(diesel::pg::Pg))]
+pub(super) struct EventRow {
+    position: Option<i64>,
+    id: Uuid,
+    kind: String,
+    customer_id: Uuid,
+    customer: Option<serde_json::Value>,
+    changed_fields: Vec<String>,
+    key_id: Option<Uuid>,
+    create_time: DateTime<Utc>,
+}
 
 fn into_event(row: EventRow) -> Result<Event, Error> {
-    let (position, id, kind, customer_id, customer, changed_fields, key_id, create_time) = row;
+    let EventRow {
+        position,
+        id,
+        kind,
+        customer_id,
+        customer,
+        changed_fields,
+        key_id,
+        create_time,
+    } = row;
     let kind = EventType::from_db(&kind)
         .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown event type {kind:?}")))?;
     let customer = customer
@@ -311,13 +301,13 @@ pub async fn read_page(
             Ok::<Vec<EventRow>, Error>(match filter.customer {
                 Some(customer) => {
                     customer_events_after(app, customer.uuid(), after_db, types, limit_db)
-                        .select(EVENT_COLUMNS)
+                        .select(EventRow::as_select())
                         .load(&mut rows_conn)
                         .await?
                 }
                 None => {
                     events_after(app, after_db, types, limit_db)
-                        .select(EVENT_COLUMNS)
+                        .select(EventRow::as_select())
                         .load(&mut rows_conn)
                         .await?
                 }

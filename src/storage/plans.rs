@@ -15,9 +15,7 @@ use super::{
         active_by_email, active_by_external_id, archived_by_external_id, customer_by_id,
         like_pattern, provider_id_holder_query, provider_ids_of_many,
     },
-    events::{
-        EVENT_COLUMNS, customer_events_after, events_after, first_at, head_of, unerased_history,
-    },
+    events::{EventRow, customer_events_after, events_after, first_at, head_of, unerased_history},
     models::CustomerRow,
     schema::customers as c,
 };
@@ -126,7 +124,8 @@ pub async fn explain_query_shapes(
             "events after a position".to_owned(),
             explain(
                 conn,
-                events_after(app_id, 1_000, vec!["created", "updated"], 500).select(EVENT_COLUMNS),
+                events_after(app_id, 1_000, vec!["created", "updated"], 500)
+                    .select(EventRow::as_select()),
             )
             .await?,
         ),
@@ -135,7 +134,7 @@ pub async fn explain_query_shapes(
             explain(
                 conn,
                 customer_events_after(app_id, sample.id.uuid(), 0, vec!["updated"], 500)
-                    .select(EVENT_COLUMNS),
+                    .select(EventRow::as_select()),
             )
             .await?,
         ),

@@ -183,6 +183,25 @@ fn writers(
         .collect()
 }
 
+/// Waits until more than `n` writes were acknowledged after `since`.
+async fn writes_succeed_after(
+    seen: &Arc<Mutex<Acknowledged>>,
+    since: Instant,
+    n: usize,
+    within: Duration,
+) {
+    eventually(within, "writes succeed again", || {
+        seen.lock()
+            .unwrap()
+            .ok_after
+            .iter()
+            .filter(|t| **t > since)
+            .count()
+            > n
+    })
+    .await;
+}
+
 /// Every acknowledged customer exists with at least its acknowledged name
 /// (a later rename may have committed without its answer arriving), and
 /// has its events.
@@ -232,19 +251,7 @@ async fn kill_9_of_postgres_under_load_loses_no_acknowledged_write() {
     pg.restart().await;
     let restarted = Instant::now();
     // The same service recovers: writes succeed again.
-    eventually_async(Duration::from_secs(30), "writes succeed again", || {
-        let seen = seen.clone();
-        async move {
-            seen.lock()
-                .unwrap()
-                .ok_after
-                .iter()
-                .filter(|t| **t > restarted)
-                .count()
-                > 20
-        }
-    })
-    .await;
+    writes_succeed_after(&seen, restarted, 20, Duration::from_secs(30)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
@@ -289,19 +296,7 @@ async fn terminated_connections_fail_calls_cleanly_and_the_pool_heals() {
             .unwrap();
     }
     let calm = Instant::now();
-    eventually_async(Duration::from_secs(10), "writes succeed again", || {
-        let seen = seen.clone();
-        async move {
-            seen.lock()
-                .unwrap()
-                .ok_after
-                .iter()
-                .filter(|t| **t > calm)
-                .count()
-                > 50
-        }
-    })
-    .await;
+    writes_succeed_after(&seen, calm, 50, Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
