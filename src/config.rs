@@ -203,6 +203,23 @@ pub struct ServeConfig {
     #[arg(long, env = "CUSTOMERS_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: OptionalAddr,
 
+    /// Where the operator console (browser pages under /admin) listens;
+    /// "off" to disable it. Unset: 127.0.0.1:8080 in the embedded
+    /// development mode, off otherwise.
+    #[arg(long, env = "CUSTOMERS_ADMIN_LISTEN")]
+    pub admin_listen: Option<OptionalAddr>,
+
+    /// File holding the operator token (at least 32 characters) that opens
+    /// the console. Required with --admin-listen when DATABASE_URL is set;
+    /// the embedded mode makes one in --data-dir.
+    #[arg(long, env = "CUSTOMERS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// How long a console session lasts after signing in.
+    #[arg(long, env = "CUSTOMERS_ADMIN_SESSION_TTL", default_value = "12h",
+          value_parser = parse_duration)]
+    pub admin_session_ttl: Duration,
+
     /// How long a verified API key is trusted before the database is asked
     /// again: a revoked key stops working within this time.
     #[arg(long, env = "CUSTOMERS_AUTH_CACHE_TTL", default_value = "10s",

@@ -5,6 +5,7 @@ pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod domain;
 pub mod embedded_pg;

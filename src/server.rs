@@ -13,12 +13,13 @@ use tonic_health::server::HealthReporter;
 use crate::{
     admin,
     auth::{AuthLayer, AuthOptions, Authenticator},
-    config::{ConfigError, ServeConfig},
+    config::{ConfigError, OptionalAddr, ServeConfig},
+    console::{self, Console, ConsoleOptions},
     embedded_pg::{Cluster, ClusterOptions},
     metrics::{self, Metrics},
     pb::{self, customer_service_server::CustomerServiceServer},
     service::{CustomerApi, EventOptions, StreamOptions},
-    storage::{self, Pool},
+    storage::{self, Pool, PoolOptions},
     telemetry,
 };
 
@@ -186,6 +187,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .clone()
             .or_else(|| (!config.database.transaction_pooler).then(|| database_url.clone())),
     });
+    if let Some(console) = start_console(&config, &api, &migrate_url, cluster.is_some()).await? {
+        tokio::spawn(console::serve(console.0, console.1, shutdown.clone()));
+    }
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving metrics on /metrics");
         let registry = options.metrics.registry(&api);
@@ -201,6 +205,95 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Where the embedded mode's console listens unless told otherwise.
+const EMBEDDED_CONSOLE: &str = "127.0.0.1:8080";
+
+/// The operator console's listener and state, when it is on: configured by
+/// --admin-listen, or by default in the embedded mode (where a port already
+/// taken only costs a warning).
+async fn start_console(
+    config: &ServeConfig,
+    api: &CustomerApi,
+    owner_url: &str,
+    embedded: bool,
+) -> anyhow::Result<Option<(TcpListener, Console)>> {
+    let (address, required) = match (config.admin_listen, embedded) {
+        (Some(OptionalAddr(Some(address))), _) => (address, true),
+        (Some(OptionalAddr(None)), _) | (None, false) => return Ok(None),
+        (None, true) => (EMBEDDED_CONSOLE.parse()?, false),
+    };
+    let token = match &config.admin_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("--admin-token-file {}: {e}", path.display())))?,
+        None if embedded => development_token(&config.database.data_dir)?,
+        None => {
+            return Err(ConfigError(
+                "--admin-listen needs --admin-token-file (the operator token)".into(),
+            )
+            .into());
+        }
+    };
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) if !required => {
+            tracing::warn!(%address, error = %e, "console not started (set --admin-listen)");
+            return Ok(None);
+        }
+        Err(e) => return Err(ConfigError(format!("--admin-listen {address}: {e}")).into()),
+    };
+    // API keys are written by a login that may: the owner (the service's
+    // own role only reads them).
+    let key_pool = storage::pool(
+        owner_url,
+        &PoolOptions {
+            max_size: 2,
+            ..config.database.pool_options()
+        },
+    )?;
+    let console = Console::new(
+        api.clone(),
+        key_pool,
+        ConsoleOptions {
+            token: token.clone(),
+            session_ttl: config.admin_session_ttl,
+            page_size: 50,
+        },
+    )
+    .map_err(|e| ConfigError(format!("--admin-token-file: {e}")))?;
+    let address = listener.local_addr()?;
+    if embedded && config.admin_token_file.is_none() {
+        tracing::info!(
+            "operator console: open http://{address}/admin/login?token={}",
+            token.trim()
+        );
+    } else {
+        tracing::info!(%address, "serving the operator console on /admin");
+    }
+    Ok(Some((listener, console)))
+}
+
+/// The embedded mode's operator token: made once, kept in
+/// `<data_dir>/admin-token` (mode 0600).
+fn development_token(data_dir: &Path) -> anyhow::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path)
+        && token.trim().chars().count() >= console::MIN_TOKEN_CHARS
+    {
+        return Ok(token);
+    }
+    let token = console::generate_token();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    Ok(token)
 }
 
 async fn start_embedded(data_dir: &Path) -> anyhow::Result<Cluster> {

@@ -104,10 +104,15 @@ impl CustomerApi {
 
     /// After a write committed: watches learn of it only if it changed
     /// something (a no-op wrote no event, and wakes nobody).
-    fn wrote(&self, ctx: &RequestContext, written: &store::Written) {
+    pub fn wrote(&self, ctx: &RequestContext, written: &store::Written) {
         if written.changed {
             self.events.changed(ctx.app);
         }
+    }
+
+    /// `--statement-timeout`: the most any statement may take.
+    pub fn statement_limit(&self) -> Duration {
+        self.statement_limit
     }
 
     fn context<T>(&self, request: &Request<T>) -> Result<RequestContext, Error> {
@@ -121,6 +126,14 @@ impl CustomerApi {
 async fn to_completion<T: Send + 'static>(
     write: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Status> {
+    run_to_completion(write).await.map_err(Status::from)
+}
+
+/// [`to_completion`], keeping the typed error (the console's pages choose
+/// their own HTTP statuses).
+pub async fn run_to_completion<T: Send + 'static>(
+    write: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
     // In the call's span, so that its database spans are the call's children.
     match tokio::spawn(tracing::Instrument::instrument(
         write,
@@ -128,8 +141,8 @@ async fn to_completion<T: Send + 'static>(
     ))
     .await
     {
-        Ok(result) => result.map_err(Status::from),
-        Err(e) => Err(Error::internal(e).into()),
+        Ok(result) => result,
+        Err(e) => Err(Error::internal(e)),
     }
 }
 

@@ -198,3 +198,14 @@ pub async fn expire_key(
             .ok_or(Error::NotFound),
     }
 }
+
+/// One app, if it exists.
+pub async fn get_app(pool: &Pool, app: AppId) -> Result<Option<App>, Error> {
+    let mut conn = connect(pool, None).await?;
+    Ok(apps::table
+        .find(app.0)
+        .select(App::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?)
+}

@@ -333,6 +333,47 @@ pub async fn read_page(
     })
 }
 
+/// One entry of a customer's change history, as the console shows it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = e, check_for_backend(diesel::pg::Pg))]
+pub struct HistoryEntry {
+    /// `None` until the app's sequencer numbers the event (moments after it
+    /// commits).
+    pub position: Option<i64>,
+    pub kind: String,
+    pub changed_fields: Vec<String>,
+    pub key_id: Option<Uuid>,
+    pub create_time: DateTime<Utc>,
+}
+
+impl HistoryEntry {
+    pub fn key(&self) -> Option<KeyId> {
+        self.key_id.map(KeyId)
+    }
+}
+
+/// The latest `limit` change events of one customer of `ctx`'s app, newest
+/// first (the customer index serves it: a customer has few events).
+pub async fn customer_history(
+    pool: &Pool,
+    ctx: &RequestContext,
+    customer: CustomerId,
+    limit: i64,
+    cancel: &CancellationToken,
+) -> Result<Vec<HistoryEntry>, Error> {
+    let app = ctx.app.0;
+    read!(pool, ctx, cancel, |conn| {
+        Ok(e::table
+            .filter(e::app_id.eq(app))
+            .filter(e::customer_id.eq(customer.uuid()))
+            .order(e::seq.desc())
+            .limit(limit)
+            .select(HistoryEntry::as_select())
+            .load(conn)
+            .await?)
+    })
+}
+
 /// Deletes up to `max_rows` events per app recorded before `cutoff`, if no
 /// other replica is pruning. Returns how many went.
 pub async fn prune(pool: &Pool, cutoff: DateTime<Utc>, max_rows: i32) -> Result<u64, Error> {
