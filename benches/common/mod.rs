@@ -10,6 +10,8 @@ use std::{
 
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+pub mod seed;
+
 /// Kills the server when dropped.
 pub struct Server(pub Child);
 

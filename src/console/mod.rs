@@ -153,7 +153,9 @@ async fn headers_and_access_log(request: Request, next: Next) -> Response {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: under it, browsers send `Origin: null` with a
+        // same-origin form post, which the origin check must refuse.
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)
@@ -225,9 +227,9 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// A post's `Origin` (or, without one, its `Referer`) names this host. A
-/// browser always sends one of them with a form post here (the pages send
-/// `Referrer-Policy: no-referrer`, but browsers still send `Origin` on
-/// posts); a request with neither is no browser's, and is refused too.
+/// browser always sends `Origin` with a form post (under the pages'
+/// `Referrer-Policy: same-origin`); a request with neither header is no
+/// browser's form, and is refused too.
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;

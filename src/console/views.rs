@@ -312,7 +312,7 @@ pub fn customer(
                 }
                 dt { "Metadata" } dd { @for (k, v) in &f.metadata { code { (k) } " = " (v) br; } }
                 dt { "Provider ids" } dd { @for (k, v) in &f.provider_ids { code { (k) } " = " (v) br; } }
-                dt { "State" } dd.state { (c.state.as_str()) }
+                dt { "State" } dd.lifecycle { (c.state.as_str()) }
                 dt { "Created" } dd { (time(c.create_time)) }
                 dt { "Updated" } dd { (time(c.update_time)) }
                 @if let Some(t) = c.archive_time { dt { "Archived" } dd.archived { (time(t)) } }

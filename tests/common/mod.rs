@@ -312,6 +312,8 @@ pub struct TestService {
     pub database_url: String,
     pub pool: Pool,
     pub stats: Arc<StreamStats>,
+    /// The API the server serves (what the operator console shares).
+    pub api: CustomerApi,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     /// The test's own database, dropped last.
@@ -405,7 +407,11 @@ impl TestService {
             Some(key) => key,
             None => customers::auth::ApiKey::generate(AppId::DEFAULT).reveal(),
         };
-        let task = tokio::spawn(customers::server::serve(listener, api, options.serve));
+        let task = tokio::spawn(customers::server::serve(
+            listener,
+            api.clone(),
+            options.serve,
+        ));
         let channel = match client_tls {
             Some(tls) => Channel::from_shared(format!("https://localhost:{}", address.port()))
                 .unwrap()
@@ -425,6 +431,7 @@ impl TestService {
             database_url,
             pool,
             stats,
+            api,
             shutdown,
             task: Some(task),
             database: None,
@@ -457,6 +464,32 @@ impl TestService {
              AND application_name = 'customers' AND pid <> pg_backend_pid() AND ({condition})"
         ))
         .await
+    }
+
+    /// The operator console of this service on 127.0.0.1 (pages of
+    /// `page_size` customers; keys written through the test's database
+    /// URL); returns its address and the operator token.
+    pub async fn start_console(&self, page_size: usize) -> (std::net::SocketAddr, String) {
+        let token = customers::console::generate_token();
+        let key_pool = storage::pool(&self.database_url, &PoolOptions::default()).unwrap();
+        let console = customers::console::Console::new(
+            self.api.clone(),
+            key_pool,
+            customers::console::ConsoleOptions {
+                token: token.clone(),
+                session_ttl: Duration::from_secs(3600),
+                page_size,
+            },
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(customers::console::serve(
+            listener,
+            console,
+            self.shutdown.clone(),
+        ));
+        (address, token)
     }
 
     /// Stops serving and waits for the server to return.

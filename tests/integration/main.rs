@@ -6,6 +6,7 @@ mod common;
 
 mod abuse;
 mod bad_input;
+mod console;
 mod create;
 mod events;
 mod faults;
