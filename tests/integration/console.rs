@@ -457,6 +457,28 @@ async fn an_operator_browses_and_manages_customers_in_a_real_browser() {
         1
     );
 
+    // Rotate the test's own key with a one-hour overlap: a new key is shown,
+    // and the old one expires in an hour, not now.
+    let old_id = customers::auth::ApiKey::parse(&svc.key).expect("a key").id;
+    let rotate = format!("form[action='/admin/apps/{app}/keys/{old_id}/rotate']");
+    type_into(b, &format!("{rotate} input[name=overlap]"), "1h").await;
+    click(b, &format!("{rotate} button")).await;
+    assert!(text(b, ".flash.done").await.starts_with("Rotated"));
+    let rotated = text(b, "code.secret").await;
+    assert_ne!(rotated, svc.key);
+    assert_eq!(
+        svc.count(&format!(
+            "api_keys WHERE id = '{}' AND expire_time BETWEEN now() + interval '59 minutes' \
+             AND now() + interval '61 minutes'",
+            old_id.0
+        ))
+        .await,
+        1
+    );
+    get_by_id(&mut client, &ids[9])
+        .await
+        .expect("the old key still works");
+
     // Sign out: the console is closed again.
     click(b, "form.logout button").await;
     text(b, "form.login").await;
