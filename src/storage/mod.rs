@@ -2,15 +2,21 @@
 
 /// Runs `$body` (with `$conn` bound to the connection) as a read of the
 /// call: a pooled connection ([`connect_for_read`]), a read-only
-/// repeatable-read transaction scoped to the call ([`scope`]), cancelled in
-/// PostgreSQL if `$cancel` fires first ([`cancellable`]). The one path of
-/// every customer read. A macro rather than a function taking an async
-/// closure: such a closure's future cannot be promised `Send`, which
-/// diesel-async's transactions need.
+/// repeatable-read transaction scoped to the call ([`begin_read_sql`]),
+/// cancelled in PostgreSQL if `$cancel` fires first ([`cancellable`]). The
+/// one path of every customer read. A macro rather than a function taking
+/// an async closure: such a closure's future cannot be promised `Send`.
 ///
-/// With `|conn, scope|`, the scope is not awaited first: `scope` is its
-/// future on the shared connection, which the body joins with its first
-/// queries so that they are pipelined behind it (one round trip for all).
+/// With `|conn, scope|`, the transaction's start is not awaited first:
+/// `scope` is the future of its one batch (`BEGIN`, then the scope's `SET
+/// LOCAL`s) on the shared connection, which the body joins with its first
+/// queries so that they are pipelined behind it: one round trip for the
+/// start and the first queries, one for `COMMIT`. (`COMMIT` is not
+/// pipelined too: a query whose statement is not yet prepared sends its
+/// execution only after a round trip of its own, which `COMMIT` would
+/// overtake.) The transaction is begun and ended by hand, not by diesel's
+/// transaction manager, which would send `BEGIN` alone; a connection whose
+/// `COMMIT` fails leaves the pool.
 macro_rules! read {
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident| $body:block) => {
         read!($pool, $ctx, $cancel, |$conn, scope| {
@@ -19,26 +25,31 @@ macro_rules! read {
         })
     };
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident| $body:block) => {{
+        let begin = $crate::storage::begin_read_sql($ctx)?;
         let mut pooled = $crate::storage::connect_for_read($pool, $ctx, $cancel).await?;
         let pg = pooled.cancel_token();
-        let (result, cancel_sent) = $crate::storage::cancellable(
+        let (result, cancel_sent) = $crate::storage::cancellable_read(
             pg,
             $cancel,
             ::tracing::Instrument::instrument(
-                pooled
-                    .build_transaction()
-                    .read_only()
-                    .repeatable_read()
-                    .run::<_, $crate::error::Error, _>(async |$conn| {
-                        let $scope = $crate::storage::scope_shared(&*$conn, $ctx);
+                async {
+                    let $conn: &mut ::diesel_async::AsyncPgConnection = &mut pooled;
+                    // A closure, not a block: its return type gives `?` in
+                    // the body its error type.
+                    #[allow(clippy::redundant_closure_call)]
+                    let result = (async || -> ::std::result::Result<_, $crate::error::Error> {
+                        let $scope = $crate::storage::begin_shared(&*$conn, &begin);
                         $body
-                    }),
+                    })()
+                    .await;
+                    $crate::storage::end_read(&*$conn, result).await
+                },
                 $crate::storage::transaction_span("read"),
             ),
         )
         .await;
         if cancel_sent {
-            // Out of the pool, and closed: see `cancellable`.
+            // Out of the pool, and closed: see `cancellable`, `end_read`.
             drop(deadpool::managed::Object::take(pooled));
         }
         result
@@ -275,6 +286,56 @@ pub async fn scope_shared(conn: &AsyncPgConnection, ctx: &RequestContext) -> Res
 pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
     conn.batch_execute(&scope_sql(ctx)?).await?;
     Ok(())
+}
+
+/// The one batch that starts a read: a read-only repeatable-read
+/// transaction (one snapshot for all its queries), scoped to the call
+/// ([`scope_sql`]).
+pub fn begin_read_sql(ctx: &RequestContext) -> Result<String, Error> {
+    Ok(format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {}",
+        scope_sql(ctx)?
+    ))
+}
+
+/// Sends `begin` ([`begin_read_sql`]) on a shared connection, so that the
+/// queries after it can be pipelined behind it (see [`scope_shared`]).
+pub async fn begin_shared(conn: &AsyncPgConnection, begin: &str) -> Result<(), Error> {
+    let mut shared = conn;
+    shared.batch_execute(begin).await?;
+    Ok(())
+}
+
+/// Ends a read begun by [`begin_shared`], whatever its result: `COMMIT`
+/// (in a transaction that failed, PostgreSQL rolls back instead; outside
+/// one, it only warns). Returns the result, and whether the connection must
+/// leave the pool: its `COMMIT` failed, so its state is unknown.
+pub async fn end_read<T>(
+    conn: &AsyncPgConnection,
+    result: Result<T, Error>,
+) -> (Result<T, Error>, bool) {
+    let mut shared = conn;
+    match shared.batch_execute("COMMIT").await {
+        Ok(()) => (result, false),
+        Err(e) => (result.and(Err(e.into())), true),
+    }
+}
+
+/// [`cancellable`] for a read whose work reports, beside its result,
+/// whether its connection must leave the pool ([`end_read`]).
+pub async fn cancellable_read<T>(
+    pg: tokio_postgres::CancelToken,
+    cancel: &CancellationToken,
+    work: impl Future<Output = (Result<T, Error>, bool)>,
+) -> (Result<T, Error>, bool) {
+    let mut broken = false;
+    let (result, cancel_sent) = cancellable(pg, cancel, async {
+        let (result, end_failed) = work.await;
+        broken = end_failed;
+        result
+    })
+    .await;
+    (result, cancel_sent || broken)
 }
 
 /// Lets [`SERVICE_ROLE`] log in with `password`, for a database whose
