@@ -9,16 +9,14 @@ use diesel::{
     prelude::*,
     sql_types,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    Pool, connect, events,
+    Pool, begin_shared, connect, events,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
-    scope, scope_shared,
 };
 use crate::{
     context::RequestContext,
@@ -155,15 +153,16 @@ async fn load_one(
 async fn lock_target(
     conn: &mut AsyncPgConnection,
     ctx: &RequestContext,
+    begin: &str,
     target: &Target,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
     let row = match target {
-        // Scope, locked row and provider ids in one round trip.
+        // Begin, locked row and provider ids in one round trip.
         Target::Id(id) => {
             let ids = [id.uuid()];
             let (mut row_conn, mut pids_conn) = (&*conn, &*conn);
-            let scope = scope_shared(&*conn, ctx);
+            let scope = begin_shared(&*conn, begin);
             let row = customer_by_id(app.0, id.uuid())
                 .select(CustomerRow::as_select())
                 .for_update()
@@ -178,7 +177,7 @@ async fn lock_target(
             return row.into_customer(providers.unwrap_or_default());
         }
         Target::ExternalId(external_id) => {
-            scope(conn, ctx).await?;
+            begin_shared(conn, begin).await?;
             let active = active_by_external_id(app.0, external_id)
                 .select(CustomerRow::as_select())
                 .for_update()
@@ -292,61 +291,63 @@ pub async fn create(
     let mut conn = connect(pool, ctx.deadline).await?;
     for _ in 0..CREATE_ATTEMPTS {
         let id = CustomerId::generate();
-        let outcome = conn
-            .transaction::<_, Error, _>(async |conn| {
-                // Scope and insert in one round trip.
-                let mut shared: &AsyncPgConnection = conn;
-                let insert = diesel::insert_into(c::table)
-                    .values(NewCustomer {
-                        app_id: app.0,
-                        id: id.uuid(),
-                        columns: CustomerColumns::new(fields),
-                    })
-                    .on_conflict_do_nothing()
-                    .returning(CustomerRow::as_returning())
-                    .get_result::<CustomerRow>(&mut shared);
-                let ((), inserted) = futures_util::try_join!(scope_shared(conn, ctx), async {
-                    Ok(insert.await.optional()?)
-                },)?;
-                if let Some(row) = inserted {
-                    insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
-                    let created = row.into_customer(fields.provider_ids.clone())?;
-                    record(conn, ctx, EventType::Created, &created, Vec::new()).await?;
-                    return Ok(Some((created, true)));
-                }
-                // Some active customer holds the email or the external id.
-                let Some(external_id) = &fields.external_id else {
-                    let row = active_by_email(app.0, &fields.email)
-                        .select(CustomerRow::as_select())
-                        .first(conn)
-                        .await
-                        .optional()?;
-                    let holder = load_one(conn, app, row).await?;
-                    return Ok(holder.map(|c| (c, false)));
-                };
-                // Keyed by external id: its active holder is the answer,
-                // whatever that customer's email is now.
-                let row = active_by_external_id(app.0, external_id)
+        let span = super::transaction_span("create");
+        let (outcome, broken) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+            // Begin and insert in one round trip.
+            let mut shared: &AsyncPgConnection = conn;
+            let insert = diesel::insert_into(c::table)
+                .values(NewCustomer {
+                    app_id: app.0,
+                    id: id.uuid(),
+                    columns: CustomerColumns::new(fields),
+                })
+                .on_conflict_do_nothing()
+                .returning(CustomerRow::as_returning())
+                .get_result::<CustomerRow>(&mut shared);
+            let ((), inserted) = futures_util::try_join!(begin_shared(conn, begin), async {
+                Ok(insert.await.optional()?)
+            },)?;
+            if let Some(row) = inserted {
+                insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
+                let created = row.into_customer(fields.provider_ids.clone())?;
+                record(conn, ctx, EventType::Created, &created, Vec::new()).await?;
+                return Ok(Some((created, true)));
+            }
+            // Some active customer holds the email or the external id.
+            let Some(external_id) = &fields.external_id else {
+                let row = active_by_email(app.0, &fields.email)
                     .select(CustomerRow::as_select())
                     .first(conn)
                     .await
                     .optional()?;
-                if let Some(holder) = load_one(conn, app, row).await? {
-                    return Ok(Some((holder, false)));
-                }
-                // Nobody holds the external id, so the email's holder
-                // stopped the insert.
-                match email_holder(conn, app, &fields.email).await? {
-                    Some(other) => Err(Error::AlreadyExists {
-                        key: Key::Email,
-                        holder: Some(other),
-                    }),
-                    // The holder was archived meanwhile: try again.
-                    None => Ok(None),
-                }
-            })
-            .instrument(super::transaction_span("create"))
-            .await?;
+                let holder = load_one(conn, app, row).await?;
+                return Ok(holder.map(|c| (c, false)));
+            };
+            // Keyed by external id: its active holder is the answer,
+            // whatever that customer's email is now.
+            let row = active_by_external_id(app.0, external_id)
+                .select(CustomerRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            if let Some(holder) = load_one(conn, app, row).await? {
+                return Ok(Some((holder, false)));
+            }
+            // Nobody holds the external id, so the email's holder
+            // stopped the insert.
+            match email_holder(conn, app, &fields.email).await? {
+                Some(other) => Err(Error::AlreadyExists {
+                    key: Key::Email,
+                    holder: Some(other),
+                }),
+                // The holder was archived meanwhile: try again.
+                None => Ok(None),
+            }
+        });
+        if broken {
+            return Err(discard(conn, outcome.err()));
+        }
+        let outcome = outcome?;
         if let Some(outcome) = outcome {
             return Ok(outcome);
         }
@@ -433,11 +434,12 @@ enum Opened {
 async fn open_write(
     conn: &mut AsyncPgConnection,
     ctx: &RequestContext,
+    begin: &str,
     target: &Target,
     etag: Option<&str>,
     write: Write<'_>,
 ) -> Result<Opened, Error> {
-    let current = lock_target(conn, ctx, target).await?;
+    let current = lock_target(conn, ctx, begin, target).await?;
     match (write, current.state) {
         (_, State::Active) | (Write::Delete, State::Archived) => {}
         (Write::Archive, State::Archived) | (Write::Delete, State::Deleted) => {
@@ -481,6 +483,13 @@ impl Written {
     }
 }
 
+/// Takes a connection whose transaction could not be ended out of the pool
+/// (and closes it); returns the write's error.
+pub(super) fn discard(conn: super::Connection, error: Option<Error>) -> Error {
+    drop(deadpool::managed::Object::take(conn));
+    error.unwrap_or_else(|| Error::Unavailable("the transaction could not be ended".into()))
+}
+
 /// The one path of every write to an existing customer (Update, Archive,
 /// Delete): a pooled connection, a transaction scoped to the call, the
 /// customer's row locked and its state then etag checked ([`open_write`]),
@@ -501,20 +510,20 @@ async fn write_existing(
             Write::Archive => "archive",
             Write::Delete => "delete",
         });
-        let result = conn
-            .transaction::<_, Error, _>(async |conn| {
-                let current = match open_write(conn, ctx, target, etag, write).await? {
-                    Opened::Proceed(current) => current,
-                    Opened::AlreadyDone(current) => return Ok(Written::unchanged(current)),
-                };
-                match write {
-                    Write::Update(command) => update_row(conn, ctx, current, command).await,
-                    Write::Archive => archive_row(conn, ctx, current).await.map(Written::changed),
-                    Write::Delete => delete_row(conn, ctx, current).await.map(Written::changed),
-                }
-            })
-            .instrument(span)
-            .await;
+        let (result, broken) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+            let current = match open_write(conn, ctx, begin, target, etag, write).await? {
+                Opened::Proceed(current) => current,
+                Opened::AlreadyDone(current) => return Ok(Written::unchanged(current)),
+            };
+            match write {
+                Write::Update(command) => update_row(conn, ctx, current, command).await,
+                Write::Archive => archive_row(conn, ctx, current).await.map(Written::changed),
+                Write::Delete => delete_row(conn, ctx, current).await.map(Written::changed),
+            }
+        });
+        if broken {
+            return Err(discard(conn, result.err()));
+        }
         match result {
             // A key taken by a transaction that committed after our check:
             // the next attempt's check sees, and names, its holder.

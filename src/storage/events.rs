@@ -75,17 +75,19 @@ pub(super) async fn append(
 /// sequencers of an app take turns on its head row.
 pub async fn sequence(pool: &Pool, ctx: &RequestContext) -> Result<u64, Error> {
     let mut conn = connect(pool, ctx.deadline).await?;
-    let head = conn
-        .transaction::<_, Error, _>(async |conn| {
-            let mut shared: &AsyncPgConnection = conn;
-            let head =
-                diesel::select(sequence_customer_events(ctx.app.0)).get_result::<i64>(&mut shared);
-            let ((), head) =
-                futures_util::try_join!(super::scope_shared(conn, ctx), async { Ok(head.await?) })?;
-            Ok(head)
-        })
-        .instrument(super::transaction_span("sequence"))
-        .await?;
+    let span = super::transaction_span("sequence");
+    let (head, broken) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+        let mut shared: &AsyncPgConnection = conn;
+        let head =
+            diesel::select(sequence_customer_events(ctx.app.0)).get_result::<i64>(&mut shared);
+        let ((), head) =
+            futures_util::try_join!(super::begin_shared(conn, begin), async { Ok(head.await?) })?;
+        Ok(head)
+    });
+    if broken {
+        return Err(super::customers::discard(conn, head.err()));
+    }
+    let head = head?;
     Ok(head as u64)
 }
 

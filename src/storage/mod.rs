@@ -56,6 +56,42 @@ macro_rules! read {
     }};
 }
 
+/// Runs `$body` as one write transaction of the call on `$conn` (a pooled
+/// connection the caller holds, so that it may retry on it), in `$span`.
+/// `$begin` is the batch that starts it ([`begin_write_sql`]: `BEGIN` and
+/// the scope), which the body sends with [`begin_shared`] joined with its
+/// first statement, so that both take one round trip. Ends with `COMMIT` if
+/// the body succeeded, else `ROLLBACK`. Evaluates to the result and whether
+/// the connection must leave the pool (its `COMMIT` or `ROLLBACK` failed,
+/// so its state is unknown).
+macro_rules! write_transaction {
+    ($conn:expr, $ctx:expr, $span:expr, |$c:ident, $begin:ident| $body:block) => {{
+        let conn: &mut ::diesel_async::AsyncPgConnection = $conn;
+        match $crate::storage::begin_write_sql($ctx) {
+            Err(e) => (Err(e), false),
+            Ok(begin) => {
+                ::tracing::Instrument::instrument(
+                    async {
+                        // A closure, not a block: its return type gives `?`
+                        // in the body its error type.
+                        #[allow(clippy::redundant_closure_call)]
+                        let result =
+                            (async || -> ::std::result::Result<_, $crate::error::Error> {
+                                let $c: &mut ::diesel_async::AsyncPgConnection = &mut *conn;
+                                let $begin: &str = &begin;
+                                $body
+                            })()
+                            .await;
+                        $crate::storage::end_write(&*conn, result).await
+                    },
+                    $span,
+                )
+                .await
+            }
+        }
+    }};
+}
+
 pub mod apps;
 mod citus;
 pub mod connection;
@@ -269,23 +305,25 @@ pub fn scope_sql(ctx: &RequestContext) -> Result<String, Error> {
     ))
 }
 
-/// The scope of a call ([`scope_sql`]) on a shared connection, so that the
-/// queries after it can be pipelined behind it: its batch is sent when the
-/// future is first polled, theirs after, and PostgreSQL runs them in that
-/// order. Were the order ever broken, row-level security would show the
-/// queries nothing (no app set), not another app's rows.
-pub async fn scope_shared(conn: &AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
-    let sql = scope_sql(ctx)?;
-    let mut shared = conn;
-    shared.batch_execute(&sql).await?;
-    Ok(())
+/// The batch that starts a write transaction scoped to the call (see
+/// [`write_transaction`]).
+pub fn begin_write_sql(ctx: &RequestContext) -> Result<String, Error> {
+    Ok(format!("BEGIN; {}", scope_sql(ctx)?))
 }
 
-/// Scopes the rest of the current transaction to the call (see
-/// [`scope_sql`]), in one round trip.
-pub async fn scope(conn: &mut AsyncPgConnection, ctx: &RequestContext) -> Result<(), Error> {
-    conn.batch_execute(&scope_sql(ctx)?).await?;
-    Ok(())
+/// Ends a write transaction: `COMMIT` if `result` is a success (its
+/// failure is the result then), else `ROLLBACK`. Returns the result and
+/// whether the connection must leave the pool (see [`end_read`]).
+pub async fn end_write<T>(
+    conn: &AsyncPgConnection,
+    result: Result<T, Error>,
+) -> (Result<T, Error>, bool) {
+    let mut shared = conn;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match shared.batch_execute(end).await {
+        Ok(()) => (result, false),
+        Err(e) => (result.and(Err(e.into())), true),
+    }
 }
 
 /// The one batch that starts a read: a read-only repeatable-read
@@ -298,8 +336,12 @@ pub fn begin_read_sql(ctx: &RequestContext) -> Result<String, Error> {
     ))
 }
 
-/// Sends `begin` ([`begin_read_sql`]) on a shared connection, so that the
-/// queries after it can be pipelined behind it (see [`scope_shared`]).
+/// Sends `begin` ([`begin_read_sql`], [`begin_write_sql`]) on a shared
+/// connection, so that the queries after it can be pipelined behind it: its
+/// batch is sent when the future is first polled, theirs after, and
+/// PostgreSQL runs them in that order. Were the order ever broken,
+/// row-level security would show the queries nothing (no app set), not
+/// another app's rows.
 pub async fn begin_shared(conn: &AsyncPgConnection, begin: &str) -> Result<(), Error> {
     let mut shared = conn;
     shared.batch_execute(begin).await?;

@@ -46,7 +46,9 @@ async fn every_query_shape_uses_an_index_under_row_level_security() {
     };
     let plans = conn
         .transaction::<_, customers::error::Error, _>(async |conn| {
-            storage::scope(conn, &ctx).await?;
+            // The statements every service transaction starts with.
+            diesel_async::SimpleAsyncConnection::batch_execute(conn, &storage::scope_sql(&ctx)?)
+                .await?;
             storage::plans::explain_query_shapes(conn, AppId::DEFAULT, &keys).await
         })
         .await
