@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Pool, begin_shared, connect, events,
+    Pool, TxConnection, begin_shared, connect, events,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
 };
@@ -288,7 +288,7 @@ pub async fn create(
     fields: &ValidFields,
 ) -> Result<(Customer, bool), Error> {
     let app = ctx.app;
-    let mut conn = connect(pool, ctx.deadline).await?;
+    let mut conn = TxConnection::new(connect(pool, ctx.deadline).await?);
     for _ in 0..CREATE_ATTEMPTS {
         let id = CustomerId::generate();
         let span = super::transaction_span("create");
@@ -345,7 +345,9 @@ pub async fn create(
             }
         });
         if broken {
-            return Err(discard(conn, outcome.err()));
+            return outcome.and(Err(Error::Unavailable(
+                "the transaction could not end".into(),
+            )));
         }
         let outcome = outcome?;
         if let Some(outcome) = outcome {
@@ -483,13 +485,6 @@ impl Written {
     }
 }
 
-/// Takes a connection whose transaction could not be ended out of the pool
-/// (and closes it); returns the write's error.
-pub(super) fn discard(conn: super::Connection, error: Option<Error>) -> Error {
-    drop(deadpool::managed::Object::take(conn));
-    error.unwrap_or_else(|| Error::Unavailable("the transaction could not be ended".into()))
-}
-
 /// The one path of every write to an existing customer (Update, Archive,
 /// Delete): a pooled connection, a transaction scoped to the call, the
 /// customer's row locked and its state then etag checked ([`open_write`]),
@@ -502,7 +497,7 @@ async fn write_existing(
     etag: Option<&str>,
     write: Write<'_>,
 ) -> Result<Written, Error> {
-    let mut conn = connect(pool, ctx.deadline).await?;
+    let mut conn = TxConnection::new(connect(pool, ctx.deadline).await?);
     let mut attempt = 1;
     loop {
         let span = super::transaction_span(match write {
@@ -522,7 +517,7 @@ async fn write_existing(
             }
         });
         if broken {
-            return Err(discard(conn, result.err()));
+            return result;
         }
         match result {
             // A key taken by a transaction that committed after our check:

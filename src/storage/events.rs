@@ -11,7 +11,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    Pool, connect,
+    Pool, TxConnection, connect,
     models::CustomerRow,
     schema::{customer_event_heads as heads, customer_events as e},
 };
@@ -74,9 +74,10 @@ pub(super) async fn append(
 /// app's head (its last position). One short write transaction; concurrent
 /// sequencers of an app take turns on its head row.
 pub async fn sequence(pool: &Pool, ctx: &RequestContext) -> Result<u64, Error> {
-    let mut conn = connect(pool, ctx.deadline).await?;
+    let mut conn = TxConnection::new(connect(pool, ctx.deadline).await?);
     let span = super::transaction_span("sequence");
-    let (head, broken) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+    // A lost transaction is an error, and its connection leaves the pool.
+    let (head, _lost) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
         let mut shared: &AsyncPgConnection = conn;
         let head =
             diesel::select(sequence_customer_events(ctx.app.0)).get_result::<i64>(&mut shared);
@@ -84,9 +85,6 @@ pub async fn sequence(pool: &Pool, ctx: &RequestContext) -> Result<u64, Error> {
             futures_util::try_join!(super::begin_shared(conn, begin), async { Ok(head.await?) })?;
         Ok(head)
     });
-    if broken {
-        return Err(super::customers::discard(conn, head.err()));
-    }
     let head = head?;
     Ok(head as u64)
 }

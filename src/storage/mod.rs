@@ -26,9 +26,12 @@ macro_rules! read {
     };
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident| $body:block) => {{
         let begin = $crate::storage::begin_read_sql($ctx)?;
-        let mut pooled = $crate::storage::connect_for_read($pool, $ctx, $cancel).await?;
+        let mut pooled = $crate::storage::TxConnection::new(
+            $crate::storage::connect_for_read($pool, $ctx, $cancel).await?,
+        );
+        pooled.in_transaction = true;
         let pg = pooled.cancel_token();
-        let (result, cancel_sent) = $crate::storage::cancellable_read(
+        let (result, discard) = $crate::storage::cancellable_read(
             pg,
             $cancel,
             ::tracing::Instrument::instrument(
@@ -48,16 +51,16 @@ macro_rules! read {
             ),
         )
         .await;
-        if cancel_sent {
-            // Out of the pool, and closed: see `cancellable`, `end_read`.
-            drop(deadpool::managed::Object::take(pooled));
-        }
+        // Out of the pool, and closed, if a cancel request was sent (see
+        // `cancellable`) or the transaction could not be ended.
+        pooled.in_transaction = discard;
         result
     }};
 }
 
-/// Runs `$body` as one write transaction of the call on `$conn` (a pooled
-/// connection the caller holds, so that it may retry on it), in `$span`.
+/// Runs `$body` as one write transaction of the call on `$conn` (a
+/// [`TxConnection`] the caller holds, so that it may retry on it), in
+/// `$span`.
 /// `$begin` is the batch that starts it ([`begin_write_sql`]: `BEGIN` and
 /// the scope), which the body sends with [`begin_shared`] joined with its
 /// first statement, so that both take one round trip. Ends with `COMMIT` if
@@ -66,11 +69,13 @@ macro_rules! read {
 /// so its state is unknown).
 macro_rules! write_transaction {
     ($conn:expr, $ctx:expr, $span:expr, |$c:ident, $begin:ident| $body:block) => {{
-        let conn: &mut ::diesel_async::AsyncPgConnection = $conn;
+        let guarded: &mut $crate::storage::TxConnection = $conn;
         match $crate::storage::begin_write_sql($ctx) {
             Err(e) => (Err(e), false),
             Ok(begin) => {
-                ::tracing::Instrument::instrument(
+                guarded.in_transaction = true;
+                let conn: &mut ::diesel_async::AsyncPgConnection = &mut *guarded;
+                let (result, broken) = ::tracing::Instrument::instrument(
                     async {
                         // A closure, not a block: its return type gives `?`
                         // in the body its error type.
@@ -86,7 +91,9 @@ macro_rules! write_transaction {
                     },
                     $span,
                 )
-                .await
+                .await;
+                guarded.in_transaction = broken;
+                (result, broken)
             }
         }
     }};
@@ -131,6 +138,50 @@ const MIGRATION_LOCK_KEY: i64 = 0x0c05_7035_0000_0001;
 
 pub type Pool = DeadPool<AsyncPgConnection>;
 pub type Connection = Object<AsyncPgConnection>;
+
+/// A pooled connection whose transactions are begun and ended by hand (see
+/// [`read`], [`write_transaction`]): dropped while `in_transaction` (its
+/// future dropped or its task panicking halfway, or its `COMMIT` failed),
+/// it leaves the pool and closes, so that no other call can inherit its open
+/// transaction. (diesel's own transaction manager, which we do not use for
+/// these, would have marked such a connection broken.)
+pub struct TxConnection {
+    conn: Option<Connection>,
+    pub in_transaction: bool,
+}
+
+impl TxConnection {
+    pub fn new(conn: Connection) -> Self {
+        Self {
+            conn: Some(conn),
+            in_transaction: false,
+        }
+    }
+}
+
+impl std::ops::Deref for TxConnection {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        self.conn.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for TxConnection {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for TxConnection {
+    fn drop(&mut self) {
+        if self.in_transaction
+            && let Some(conn) = self.conn.take()
+        {
+            drop(Object::take(conn));
+        }
+    }
+}
 
 /// Sizes and time limits of the connection pool.
 #[derive(Debug, Clone)]

@@ -450,3 +450,87 @@ async fn a_pool_held_by_slow_calls_answers_others_unavailable_within_the_acquire
     }
     get_by_id(&mut client, &c.id).await.unwrap();
 }
+
+/// A read or a write whose future is dropped halfway through its
+/// transaction (as an HTTP handler's is when its client goes away) leaves
+/// no open transaction in the pool: the next calls on the same
+/// one-connection pool work, and the dropped write wrote nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_dropped_halfway_leaves_nothing_open_in_the_pool() {
+    use customers::{
+        context::RequestContext,
+        domain::{AppId, CustomerFields, ListFilter, Lookup},
+        storage::customers as store,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    let svc = TestService::start().await;
+    let pool = storage::pool(
+        &svc.database_url,
+        &PoolOptions {
+            max_size: 1,
+            ..PoolOptions::default()
+        },
+    )
+    .unwrap();
+    let ctx = RequestContext::new(AppId::DEFAULT, Duration::from_secs(30));
+    let fields = |email: &str| {
+        CustomerFields {
+            email: email.into(),
+            ..Default::default()
+        }
+        .validate("")
+        .unwrap()
+    };
+    for round in ["read", "write"] {
+        // Every read and write of customers waits behind this lock.
+        let mut locker = svc.sql().await;
+        locker
+            .batch_execute("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let stuck = Duration::from_millis(300);
+        let dropped = match round {
+            "read" => tokio::time::timeout(stuck, async {
+                store::list_batch(&pool, &ctx, &ListFilter::default(), None, 10, &cancel)
+                    .await
+                    .map(|_| ())
+            })
+            .await
+            .is_err(),
+            _ => tokio::time::timeout(stuck, async {
+                store::create(&pool, &ctx, &fields("dropped@example.com"))
+                    .await
+                    .map(|_| ())
+            })
+            .await
+            .is_err(),
+        };
+        assert!(dropped, "the {round} waited for the lock, and was dropped");
+        locker.batch_execute("COMMIT").await.unwrap();
+        let (created, _) =
+            store::create(&pool, &ctx, &fields(&format!("after-{round}@example.com")))
+                .await
+                .unwrap_or_else(|e| panic!("a write after the dropped {round}: {e}"));
+        store::get(
+            &pool,
+            &ctx,
+            &Lookup::Id(created.id),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a read after the dropped {round}: {e}"));
+    }
+    assert_eq!(
+        svc.count("customers WHERE email = 'dropped@example.com'")
+            .await,
+        0
+    );
+    eventually_async(
+        Duration::from_secs(5),
+        "no backend left idle in a transaction",
+        || async { svc.backends("state LIKE 'idle in transaction%'").await == 0 },
+    )
+    .await;
+}
