@@ -5,6 +5,7 @@
 
 use std::{
     net::SocketAddr,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -16,7 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
-/// ChromeDriver and the headless Chromium it drives; both killed on drop.
+/// ChromeDriver and the headless Chromium it drives, in a process group of
+/// their own, killed whole on drop (killing ChromeDriver alone leaves
+/// Chromium running).
 struct Chromium {
     driver: Child,
     browser: Browser,
@@ -33,7 +36,8 @@ impl Drop for TempDir {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
     }
 }
@@ -48,6 +52,7 @@ async fn chromium() -> Chromium {
     );
     let port = free_port();
     let driver = Command::new(CHROMEDRIVER)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -484,6 +489,7 @@ async fn an_operator_browses_and_manages_customers_in_a_real_browser() {
     text(b, "form.login").await;
     b.goto(&customers_url).await.unwrap();
     assert_eq!(location(b).await, "/admin/login");
+    chromium.browser.clone().close().await.unwrap();
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: status, headers (lower
