@@ -237,7 +237,14 @@ async fn fresh_citus_database(workers: &[String]) -> TestDatabase {
             .await
             .unwrap();
     }
-    storage::migrate(&url).await.expect("migrating on Citus");
+    {
+        // One test database migrates at a time: the migrations grant roles,
+        // and role memberships are shared by every database of the cluster
+        // (two grants at once collide in pg_auth_members).
+        static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = MIGRATING.lock().await;
+        storage::migrate(&url).await.expect("migrating on Citus");
+    }
     // Every app-scoped table is distributed by app, co-located with
     // customers; apps is a reference table.
     let distributed = count_on(
