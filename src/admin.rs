@@ -132,16 +132,21 @@ pub async fn development_key(pool: &Pool, data_dir: &Path) -> anyhow::Result<Str
         return Ok(key.reveal());
     }
     let key = create_key(pool, AppId::DEFAULT).await?.reveal();
-    {
-        use std::{io::Write, os::unix::fs::OpenOptionsExt};
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(file, "{key}")?;
-    }
+    write_secret(&path, &key)?;
     Ok(key)
+}
+
+/// Writes a secret (a key, a token) and a newline to `path`, readable by
+/// its owner only (mode 0600).
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
 }

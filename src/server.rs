@@ -277,7 +277,6 @@ async fn start_console(
 /// The embedded mode's operator token: made once, kept in
 /// `<data_dir>/admin-token` (mode 0600).
 fn development_token(data_dir: &Path) -> anyhow::Result<String> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let path = data_dir.join("admin-token");
     if let Ok(token) = std::fs::read_to_string(&path)
         && token.trim().chars().count() >= console::MIN_TOKEN_CHARS
@@ -285,14 +284,7 @@ fn development_token(data_dir: &Path) -> anyhow::Result<String> {
         return Ok(token);
     }
     let token = console::generate_token();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(file, "{token}")?;
+    admin::write_secret(&path, &token)?;
     Ok(token)
 }
 
