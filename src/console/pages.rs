@@ -386,7 +386,11 @@ pub async fn customers(
         "" => None,
         after => {
             let position = match after.parse::<CustomerId>() {
-                Ok(id) => store::position_of(&pool, &ctx, id, &cancel).await.ok(),
+                Ok(id) => match store::position_of(&pool, &ctx, id, &cancel).await {
+                    Ok(position) => Some(position),
+                    Err(Error::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                },
                 Err(_) => None,
             };
             match position {

@@ -65,8 +65,8 @@ macro_rules! read {
 /// the scope), which the body sends with [`begin_shared`] joined with its
 /// first statement, so that both take one round trip. Ends with `COMMIT` if
 /// the body succeeded, else `ROLLBACK`. Evaluates to the result and whether
-/// the connection must leave the pool (its `COMMIT` or `ROLLBACK` failed,
-/// so its state is unknown).
+/// the connection is lost (its `COMMIT` or `ROLLBACK` failed, so its state
+/// is unknown; the [`TxConnection`] then leaves the pool when dropped).
 macro_rules! write_transaction {
     ($conn:expr, $ctx:expr, $span:expr, |$c:ident, $begin:ident| $body:block) => {{
         let guarded: &mut $crate::storage::TxConnection = $conn;
