@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use customers::{pb, server::ServeOptions};
+use customers::{pb, server::ServeOptions, storage::PoolOptions};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -108,6 +108,14 @@ async fn round_trips_per_rpc_are_few() {
                     ..Default::default()
                 },
                 ..Options::default().serve
+            },
+            // One connection: each statement is prepared on it by the
+            // warm-up call (with more, a call could land on a connection
+            // that has not prepared its statements yet, and count their
+            // preparation).
+            pool: PoolOptions {
+                max_size: 1,
+                ..PoolOptions::default()
             },
             // Change notifications on a connection of their own, outside
             // the count: what is counted is each call's own work.
