@@ -190,7 +190,7 @@ async fn signed_in(State(console): State<Console>, request: Request, next: Next)
         }
         return Redirect::to("/admin/login").into_response();
     };
-    let request = if is_post {
+    let mut request = if is_post {
         if !same_origin(request.headers()) {
             return pages::refuse("The form came from another site.").into_response();
         }
@@ -209,7 +209,6 @@ async fn signed_in(State(console): State<Console>, request: Request, next: Next)
     } else {
         request
     };
-    let mut request = request;
     request.extensions_mut().insert(session);
     next.run(request).await
 }

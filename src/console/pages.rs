@@ -27,15 +27,16 @@ use crate::{
     admin,
     context::RequestContext,
     domain::{
-        AppId, ChangeState, CustomerId, FieldViolation, KeyId, ListFilter, Lookup, Order, Target,
-        UpdateCustomer,
+        AppId, ChangeState, Customer, CustomerId, FieldViolation, Invalid, KeyId, ListFilter,
+        Lookup, Order, Target, UpdateCustomer,
     },
     error::Error,
     pb,
     service::run_to_completion,
     storage::{
         apps::{self, App},
-        customers as store, events,
+        customers::{self as store, Written},
+        events,
     },
 };
 
@@ -528,6 +529,38 @@ pub struct EditForm {
     pub provider_ids: String,
 }
 
+impl EditForm {
+    /// The form as a customer's page first shows it: the customer's values
+    /// and etag.
+    pub fn of(c: &Customer) -> Self {
+        let f = &c.fields;
+        let a = &f.address;
+        let text = |o: &Option<String>| o.clone().unwrap_or_default();
+        let lines = |map: &BTreeMap<String, String>| {
+            map.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        Self {
+            etag: c.etag(),
+            external_id: text(&f.external_id),
+            email: f.email.clone(),
+            name: text(&f.name),
+            phone: text(&f.phone),
+            timezone: text(&f.timezone),
+            line1: text(&a.line1),
+            line2: text(&a.line2),
+            city: text(&a.city),
+            state: text(&a.state),
+            postal_code: text(&a.postal_code),
+            country: text(&a.country),
+            metadata: lines(&f.metadata),
+            provider_ids: lines(&f.provider_ids),
+        }
+    }
+}
+
 /// `key=value` lines; a line without `=` is a violation of `field`.
 fn pairs(
     field: &str,
@@ -556,7 +589,7 @@ impl EditForm {
     /// The UpdateCustomer it stands for: every writable field replaced
     /// (`update_mask: "*"`), conditional on the etag; parsed by the API's
     /// own parse step, so the same rules apply.
-    fn command(&self, id: CustomerId) -> Result<UpdateCustomer, Vec<FieldViolation>> {
+    fn command(&self, id: CustomerId) -> Result<UpdateCustomer, Error> {
         let mut violations = Vec::new();
         let metadata = pairs("metadata", &self.metadata, &mut violations);
         let provider_ids = pairs("provider_ids", &self.provider_ids, &mut violations);
@@ -590,45 +623,73 @@ impl EditForm {
         };
         match UpdateCustomer::try_from(request) {
             Ok(command) if violations.is_empty() => Ok(command),
-            Ok(_) => Err(violations),
-            Err(invalid) => {
-                violations.extend(invalid.violations);
-                Err(violations)
+            Ok(_) => Err(Error::InvalidArgument(Invalid {
+                violations,
+                omitted: 0,
+            })),
+            Err(mut invalid) => {
+                violations.append(&mut invalid.violations);
+                invalid.violations = violations;
+                Err(Error::InvalidArgument(invalid))
             }
         }
     }
 }
 
-/// The page again after a write that could not be done, saying why.
-async fn refused_write(
+/// After a write: on success, watches are told and the browser goes back to
+/// the customer's page, saying what was `done`; otherwise the page again,
+/// saying why nothing was saved, with the operator's `unsaved` edits.
+#[allow(clippy::too_many_arguments)]
+async fn after_write(
     console: &Console,
     session: &Session,
     app: &App,
     ctx: &RequestContext,
     id: CustomerId,
-    error: Error,
+    result: Result<Written, Error>,
+    done: &str,
     unsaved: Option<&EditForm>,
 ) -> PageResult {
-    let (status, message) = match &error {
+    let error = match result {
+        Ok(written) => {
+            console.inner.api.wrote(ctx, &written);
+            return Ok(see_other(&detail_path(app, id, done)));
+        }
+        Err(error) => error,
+    };
+    let (status, message, violations) = match error {
+        Error::InvalidArgument(invalid) => (
+            StatusCode::BAD_REQUEST,
+            "Not saved: some fields are invalid.",
+            invalid.violations,
+        ),
         Error::EtagMismatch => (
             StatusCode::CONFLICT,
             "Not saved: someone changed this customer after you opened this page. \
              The page now shows the current values; your edits are kept in the form below.",
+            Vec::new(),
         ),
         Error::AlreadyExists { .. } => (
             StatusCode::CONFLICT,
             "Not saved: another active customer already holds that email, external id or provider id.",
+            Vec::new(),
         ),
         Error::Archived => (
             StatusCode::CONFLICT,
             "Not saved: the customer is archived, and archived customers cannot be edited.",
+            Vec::new(),
         ),
-        Error::Deleted => (StatusCode::CONFLICT, "Not saved: the customer is erased."),
+        Error::Deleted => (
+            StatusCode::CONFLICT,
+            "Not saved: the customer is erased.",
+            Vec::new(),
+        ),
         Error::Contention => (
             StatusCode::CONFLICT,
             "Not saved: a concurrent write got in the way; try again.",
+            Vec::new(),
         ),
-        _ => return Err(error.into()),
+        error => return Err(error.into()),
     };
     detail_page(
         console,
@@ -639,7 +700,7 @@ async fn refused_write(
         status,
         Outcome {
             flash: Some(Flash::Refused(message)),
-            violations: Vec::new(),
+            violations,
             unsaved,
         },
     )
@@ -658,49 +719,24 @@ pub async fn edit(
 ) -> PageResult {
     let (app, ctx) = app_of(&console, &app).await?;
     let id = customer_id(&id)?;
-    let command = match form.command(id) {
-        Ok(command) => command,
-        Err(violations) => {
-            return detail_page(
-                &console,
-                &session,
-                &app,
-                &ctx,
-                id,
-                StatusCode::BAD_REQUEST,
-                Outcome {
-                    flash: Some(Flash::Refused("Not saved: some fields are invalid.")),
-                    violations,
-                    unsaved: Some(&form),
-                },
-            )
-            .await;
+    let result = match form.command(id) {
+        Ok(command) => {
+            let pool = console.inner.api.pool().clone();
+            run_to_completion(async move { store::update(&pool, &ctx, &command).await }).await
         }
+        Err(invalid) => Err(invalid),
     };
-    let pool = console.inner.api.pool().clone();
-    match run_to_completion(async move { store::update(&pool, &ctx, &command).await }).await {
-        Ok(written) => {
-            console.inner.api.wrote(&ctx, &written);
-            Ok(see_other(&detail_path(&app, id, "updated")))
-        }
-        Err(Error::InvalidArgument(invalid)) => {
-            detail_page(
-                &console,
-                &session,
-                &app,
-                &ctx,
-                id,
-                StatusCode::BAD_REQUEST,
-                Outcome {
-                    flash: Some(Flash::Refused("Not saved: some fields are invalid.")),
-                    violations: invalid.violations,
-                    unsaved: Some(&form),
-                },
-            )
-            .await
-        }
-        Err(e) => refused_write(&console, &session, &app, &ctx, id, e, Some(&form)).await,
-    }
+    after_write(
+        &console,
+        &session,
+        &app,
+        &ctx,
+        id,
+        result,
+        "updated",
+        Some(&form),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -723,13 +759,9 @@ pub async fn archive(
         etag: Some(form.etag),
     };
     let pool = console.inner.api.pool().clone();
-    match run_to_completion(async move { store::archive(&pool, &ctx, &command).await }).await {
-        Ok(written) => {
-            console.inner.api.wrote(&ctx, &written);
-            Ok(see_other(&detail_path(&app, id, "archived")))
-        }
-        Err(e) => refused_write(&console, &session, &app, &ctx, id, e, None).await,
-    }
+    let result =
+        run_to_completion(async move { store::archive(&pool, &ctx, &command).await }).await;
+    after_write(&console, &session, &app, &ctx, id, result, "archived", None).await
 }
 
 /// Erasure (DeleteCustomer): only when the form repeats the customer's
@@ -766,13 +798,8 @@ pub async fn erase(
         target: Target::Id(id),
         etag: Some(form.etag),
     };
-    match run_to_completion(async move { store::delete(&pool, &ctx, &command).await }).await {
-        Ok(written) => {
-            console.inner.api.wrote(&ctx, &written);
-            Ok(see_other(&detail_path(&app, id, "erased")))
-        }
-        Err(e) => refused_write(&console, &session, &app, &ctx, id, e, None).await,
-    }
+    let result = run_to_completion(async move { store::delete(&pool, &ctx, &command).await }).await;
+    after_write(&console, &session, &app, &ctx, id, result, "erased", None).await
 }
 
 // --- API keys ---

@@ -234,13 +234,6 @@ pub fn customers(
     )
 }
 
-fn lines(map: &std::collections::BTreeMap<String, String>) -> String {
-    map.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn field(label: &str, name: &str, value: &str) -> Markup {
     html! { label { (label) input type="text" name=(name) value=(value); } }
 }
@@ -257,39 +250,27 @@ pub fn customer(
     let a = &f.address;
     let opt = |o: &Option<String>| o.clone().unwrap_or_default();
     // The form shows the edits that were not saved, else the customer.
-    let form_values: Vec<(&str, &str, String)> = match outcome.unsaved {
-        Some(u) => vec![
-            ("Email", "email", u.email.clone()),
-            ("Name", "name", u.name.clone()),
-            ("External id", "external_id", u.external_id.clone()),
-            ("Phone", "phone", u.phone.clone()),
-            ("Time zone", "timezone", u.timezone.clone()),
-            ("Address line 1", "line1", u.line1.clone()),
-            ("Address line 2", "line2", u.line2.clone()),
-            ("City", "city", u.city.clone()),
-            ("State / region", "state", u.state.clone()),
-            ("Postal code", "postal_code", u.postal_code.clone()),
-            ("Country", "country", u.country.clone()),
-        ],
-        None => vec![
-            ("Email", "email", f.email.clone()),
-            ("Name", "name", opt(&f.name)),
-            ("External id", "external_id", opt(&f.external_id)),
-            ("Phone", "phone", opt(&f.phone)),
-            ("Time zone", "timezone", opt(&f.timezone)),
-            ("Address line 1", "line1", opt(&a.line1)),
-            ("Address line 2", "line2", opt(&a.line2)),
-            ("City", "city", opt(&a.city)),
-            ("State / region", "state", opt(&a.state)),
-            ("Postal code", "postal_code", opt(&a.postal_code)),
-            ("Country", "country", opt(&a.country)),
-        ],
+    let current;
+    let form: &EditForm = match outcome.unsaved {
+        Some(unsaved) => unsaved,
+        None => {
+            current = EditForm::of(c);
+            &current
+        }
     };
-    let (metadata, provider_ids) = match outcome.unsaved {
-        Some(u) => (u.metadata.clone(), u.provider_ids.clone()),
-        None => (lines(&f.metadata), lines(&f.provider_ids)),
-    };
-    let unsaved: Option<&EditForm> = outcome.unsaved;
+    let form_values = [
+        ("Email", "email", &form.email),
+        ("Name", "name", &form.name),
+        ("External id", "external_id", &form.external_id),
+        ("Phone", "phone", &form.phone),
+        ("Time zone", "timezone", &form.timezone),
+        ("Address line 1", "line1", &form.line1),
+        ("Address line 2", "line2", &form.line2),
+        ("City", "city", &form.city),
+        ("State / region", "state", &form.state),
+        ("Postal code", "postal_code", &form.postal_code),
+        ("Country", "country", &form.country),
+    ];
     layout(
         &f.email,
         chrome,
@@ -327,10 +308,10 @@ pub fn customer(
                         // A conflict keeps the etag the edits were made
                         // against, so that saving again is refused again
                         // until the operator reloads.
-                        input type="hidden" name="etag" value=(unsaved.map_or_else(|| c.etag(), |u| u.etag.clone()));
-                        @for (label, name, value) in &form_values { (field(label, name, value)) }
-                        label { "Metadata (one key=value per line)" textarea name="metadata" rows="4" { (metadata) } }
-                        label { "Provider ids (one provider=id per line)" textarea name="provider_ids" rows="3" { (provider_ids) } }
+                        input type="hidden" name="etag" value=(form.etag);
+                        @for (label, name, value) in form_values { (field(label, name, value)) }
+                        label { "Metadata (one key=value per line)" textarea name="metadata" rows="4" { (form.metadata) } }
+                        label { "Provider ids (one provider=id per line)" textarea name="provider_ids" rows="3" { (form.provider_ids) } }
                         button type="submit" { "Save" }
                     }
                 }

@@ -292,7 +292,7 @@ pub async fn create(
     for _ in 0..CREATE_ATTEMPTS {
         let id = CustomerId::generate();
         let span = super::transaction_span("create");
-        let (outcome, broken) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+        let outcome = write_transaction!(&mut conn, ctx, span, |conn, begin| {
             // Begin and insert in one round trip.
             let mut shared: &AsyncPgConnection = conn;
             let insert = diesel::insert_into(c::table)
@@ -343,13 +343,7 @@ pub async fn create(
                 // The holder was archived meanwhile: try again.
                 None => Ok(None),
             }
-        });
-        if broken {
-            return outcome.and(Err(Error::Unavailable(
-                "the transaction could not end".into(),
-            )));
-        }
-        let outcome = outcome?;
+        })?;
         if let Some(outcome) = outcome {
             return Ok(outcome);
         }
@@ -505,7 +499,7 @@ async fn write_existing(
             Write::Archive => "archive",
             Write::Delete => "delete",
         });
-        let (result, broken) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+        let result = write_transaction!(&mut conn, ctx, span, |conn, begin| {
             let current = match open_write(conn, ctx, begin, target, etag, write).await? {
                 Opened::Proceed(current) => current,
                 Opened::AlreadyDone(current) => return Ok(Written::unchanged(current)),
@@ -516,7 +510,8 @@ async fn write_existing(
                 Write::Delete => delete_row(conn, ctx, current).await.map(Written::changed),
             }
         });
-        if broken {
+        if conn.in_transaction {
+            // Lost (its end failed): no retry on it.
             return result;
         }
         match result {

@@ -76,16 +76,14 @@ pub(super) async fn append(
 pub async fn sequence(pool: &Pool, ctx: &RequestContext) -> Result<u64, Error> {
     let mut conn = TxConnection::new(connect(pool, ctx.deadline).await?);
     let span = super::transaction_span("sequence");
-    // A lost transaction is an error, and its connection leaves the pool.
-    let (head, _lost) = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+    let head = write_transaction!(&mut conn, ctx, span, |conn, begin| {
         let mut shared: &AsyncPgConnection = conn;
         let head =
             diesel::select(sequence_customer_events(ctx.app.0)).get_result::<i64>(&mut shared);
         let ((), head) =
             futures_util::try_join!(super::begin_shared(conn, begin), async { Ok(head.await?) })?;
         Ok(head)
-    });
-    let head = head?;
+    })?;
     Ok(head as u64)
 }
 

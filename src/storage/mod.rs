@@ -45,7 +45,7 @@ macro_rules! read {
                         $body
                     })()
                     .await;
-                    $crate::storage::end_read(&*$conn, result).await
+                    $crate::storage::end_transaction(&*$conn, result).await
                 },
                 $crate::storage::transaction_span("read"),
             ),
@@ -64,18 +64,19 @@ macro_rules! read {
 /// `$begin` is the batch that starts it ([`begin_write_sql`]: `BEGIN` and
 /// the scope), which the body sends with [`begin_shared`] joined with its
 /// first statement, so that both take one round trip. Ends with `COMMIT` if
-/// the body succeeded, else `ROLLBACK`. Evaluates to the result and whether
-/// the connection is lost (its `COMMIT` or `ROLLBACK` failed, so its state
-/// is unknown; the [`TxConnection`] then leaves the pool when dropped).
+/// the body succeeded, else `ROLLBACK` ([`end_transaction`]), and evaluates
+/// to the result. If the end failed, the result is an error and the
+/// connection is lost: the [`TxConnection`] stays `in_transaction`, and
+/// leaves the pool when dropped.
 macro_rules! write_transaction {
     ($conn:expr, $ctx:expr, $span:expr, |$c:ident, $begin:ident| $body:block) => {{
         let guarded: &mut $crate::storage::TxConnection = $conn;
         match $crate::storage::begin_write_sql($ctx) {
-            Err(e) => (Err(e), false),
+            Err(e) => Err(e),
             Ok(begin) => {
                 guarded.in_transaction = true;
                 let conn: &mut ::diesel_async::AsyncPgConnection = &mut *guarded;
-                let (result, broken) = ::tracing::Instrument::instrument(
+                let (result, lost) = ::tracing::Instrument::instrument(
                     async {
                         // A closure, not a block: its return type gives `?`
                         // in the body its error type.
@@ -87,13 +88,13 @@ macro_rules! write_transaction {
                                 $body
                             })()
                             .await;
-                        $crate::storage::end_write(&*conn, result).await
+                        $crate::storage::end_transaction(&*conn, result).await
                     },
                     $span,
                 )
                 .await;
-                guarded.in_transaction = broken;
-                (result, broken)
+                guarded.in_transaction = lost;
+                result
             }
         }
     }};
@@ -147,6 +148,8 @@ pub type Connection = Object<AsyncPgConnection>;
 /// these, would have marked such a connection broken.)
 pub struct TxConnection {
     conn: Option<Connection>,
+    /// Set while a transaction runs; still set after it only if its end
+    /// failed (the connection is lost).
     pub in_transaction: bool,
 }
 
@@ -362,21 +365,6 @@ pub fn begin_write_sql(ctx: &RequestContext) -> Result<String, Error> {
     Ok(format!("BEGIN; {}", scope_sql(ctx)?))
 }
 
-/// Ends a write transaction: `COMMIT` if `result` is a success (its
-/// failure is the result then), else `ROLLBACK`. Returns the result and
-/// whether the connection must leave the pool (see [`end_read`]).
-pub async fn end_write<T>(
-    conn: &AsyncPgConnection,
-    result: Result<T, Error>,
-) -> (Result<T, Error>, bool) {
-    let mut shared = conn;
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    match shared.batch_execute(end).await {
-        Ok(()) => (result, false),
-        Err(e) => (result.and(Err(e.into())), true),
-    }
-}
-
 /// The one batch that starts a read: a read-only repeatable-read
 /// transaction (one snapshot for all its queries), scoped to the call
 /// ([`scope_sql`]).
@@ -399,23 +387,24 @@ pub async fn begin_shared(conn: &AsyncPgConnection, begin: &str) -> Result<(), E
     Ok(())
 }
 
-/// Ends a read begun by [`begin_shared`], whatever its result: `COMMIT`
-/// (in a transaction that failed, PostgreSQL rolls back instead; outside
-/// one, it only warns). Returns the result, and whether the connection must
-/// leave the pool: its `COMMIT` failed, so its state is unknown.
-pub async fn end_read<T>(
+/// Ends a transaction begun by [`begin_shared`]: `COMMIT` if `result` is a
+/// success (the `COMMIT`'s failure is the result then), else `ROLLBACK`
+/// (outside a transaction, either only warns). Returns the result, and
+/// whether the connection is lost: its end failed, so its state is unknown.
+pub async fn end_transaction<T>(
     conn: &AsyncPgConnection,
     result: Result<T, Error>,
 ) -> (Result<T, Error>, bool) {
     let mut shared = conn;
-    match shared.batch_execute("COMMIT").await {
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match shared.batch_execute(end).await {
         Ok(()) => (result, false),
         Err(e) => (result.and(Err(e.into())), true),
     }
 }
 
 /// [`cancellable`] for a read whose work reports, beside its result,
-/// whether its connection must leave the pool ([`end_read`]).
+/// whether its connection is lost ([`end_transaction`]).
 pub async fn cancellable_read<T>(
     pg: tokio_postgres::CancelToken,
     cancel: &CancellationToken,
