@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Pool, TxConnection, begin_shared, connect, events,
+    HotRead, Pool, TxConnection, begin_shared,
+    cached::Cached,
+    connect, events,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
     schema::{customer_provider_ids as pids, customers as c},
 };
@@ -141,9 +143,11 @@ async fn load_one(
     app: AppId,
     row: Option<CustomerRow>,
 ) -> Result<Option<Customer>, Error> {
-    Ok(with_provider_ids(conn, app, row.into_iter().collect())
-        .await?
-        .pop())
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let pairs: Vec<ProviderPair> = provider_pairs_of(app.0, row.id).load(conn).await?;
+    found(Some(row), pairs).map(Some)
 }
 
 /// Loads the customer a write names, locking its row until the transaction
@@ -160,21 +164,15 @@ async fn lock_target(
     let row = match target {
         // Begin, locked row and provider ids in one round trip.
         Target::Id(id) => {
-            let ids = [id.uuid()];
-            let (mut row_conn, mut pids_conn) = (&*conn, &*conn);
-            let scope = begin_shared(&*conn, begin);
-            let row = customer_by_id(app.0, id.uuid())
-                .select(CustomerRow::as_select())
-                .for_update()
-                .first::<CustomerRow>(&mut row_conn);
-            let pairs = provider_ids_of_many(app.0, &ids).load(&mut pids_conn);
-            let ((), row, pairs) =
-                futures_util::try_join!(scope, async { Ok(row.await.optional()?) }, async {
-                    Ok::<Vec<(Uuid, String, String)>, Error>(pairs.await?)
-                },)?;
-            let row = row.ok_or(Error::NotFound)?;
-            let providers = group_provider_ids(pairs).remove(&row.id);
-            return row.into_customer(providers.unwrap_or_default());
+            let (row, pairs) = row_and_pairs(
+                conn,
+                customer_by_id(app.0, id.uuid())
+                    .select(CustomerRow::as_select())
+                    .for_update(),
+                provider_pairs_of(app.0, id.uuid()),
+            );
+            let ((), row, pairs) = futures_util::try_join!(begin_shared(conn, begin), row, pairs)?;
+            return found(row, pairs);
         }
         Target::ExternalId(external_id) => {
             begin_shared(conn, begin).await?;
@@ -195,11 +193,7 @@ async fn lock_target(
             }
         }
     };
-    let row = row.ok_or(Error::NotFound)?;
-    with_provider_ids(conn, app, vec![row])
-        .await?
-        .pop()
-        .ok_or(Error::NotFound)
+    load_one(conn, app, row).await?.ok_or(Error::NotFound)
 }
 
 /// The active customer holding an email, as an id.
@@ -351,7 +345,109 @@ pub async fn create(
     Err(Error::Contention)
 }
 
+/// A provider id of a customer: (customer, provider, the provider's id).
+type ProviderPair = (Uuid, String, String);
+
+/// The provider ids of one customer. Plain equality, not `= ANY` of one
+/// id: PostgreSQL keeps a generic plan for it, where it plans `= ANY($1)`
+/// again on every call (its generic estimate is worse).
+#[dsl::auto_type]
+pub(super) fn provider_pairs_of(app: Uuid, id: Uuid) -> _ {
+    pids::table
+        .filter(pids::app_id.eq(app))
+        .filter(pids::customer_id.eq(id))
+        .select((
+            pids::customer_id,
+            pids::provider,
+            pids::provider_customer_id,
+        ))
+}
+
+/// The provider ids of the active customer holding an external id, read
+/// beside that customer's row rather than after it.
+#[dsl::auto_type]
+pub(super) fn provider_pairs_by_external_id<'a>(app: Uuid, external_id: &'a str) -> _ {
+    let active: &'static str = State::Active.as_str();
+    let holder = c::table
+        .filter(c::app_id.eq(app))
+        .filter(c::state.eq(active))
+        .filter(c::external_id.eq(external_id))
+        .select(c::id);
+    pids::table
+        .filter(pids::app_id.eq(app))
+        .filter(pids::customer_id.eq_any(holder))
+        .select((
+            pids::customer_id,
+            pids::provider,
+            pids::provider_customer_id,
+        ))
+}
+
+/// A customer's row and its provider ids, as futures to pipeline on a
+/// shared connection: each sends its query when first polled.
+fn row_and_pairs<'c, R, P>(
+    conn: &'c AsyncPgConnection,
+    row: R,
+    pairs: P,
+) -> (
+    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c,
+    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + 'c,
+)
+where
+    R: diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow>
+        + diesel::query_dsl::methods::LimitDsl
+        + Send
+        + 'c,
+    diesel::dsl::Limit<R>:
+        diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow> + Send + 'c,
+    P: diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, ProviderPair> + Send + 'c,
+{
+    let row = async move {
+        let mut shared = conn;
+        Ok(row.first::<CustomerRow>(&mut shared).await.optional()?)
+    };
+    let pairs = async move {
+        let mut shared = conn;
+        Ok(pairs.load::<ProviderPair>(&mut shared).await?)
+    };
+    (row, pairs)
+}
+
+/// GetCustomer by id's queries (see [`row_and_pairs`]).
+fn by_id_reads(
+    conn: &AsyncPgConnection,
+    app: Uuid,
+    id: Uuid,
+) -> (
+    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + '_,
+    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + '_,
+) {
+    row_and_pairs(
+        conn,
+        customer_by_id(app, id).select(CustomerRow::as_select()),
+        provider_pairs_of(app, id),
+    )
+}
+
+/// GetCustomer by external id's queries (see [`row_and_pairs`]).
+fn by_external_id_reads<'c>(
+    conn: &'c AsyncPgConnection,
+    app: Uuid,
+    external_id: &'c str,
+) -> (
+    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c,
+    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + 'c,
+) {
+    row_and_pairs(
+        conn,
+        active_by_external_id(app, external_id).select(CustomerRow::as_select()),
+        provider_pairs_by_external_id(app, external_id),
+    )
+}
+
 /// Reads one customer. `cancel` calls the read off (see [`cancellable`]).
+/// By id or external id, the whole read is one round trip: the scope, the
+/// row, its provider ids and the `COMMIT`, pipelined.
 pub async fn get(
     pool: &Pool,
     ctx: &RequestContext,
@@ -359,47 +455,39 @@ pub async fn get(
     cancel: &CancellationToken,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
-    read!(pool, ctx, cancel, |conn, scope| {
-        let row = match lookup {
-            // Scope, row and provider ids in one round trip.
-            Lookup::Id(id) => {
-                let ids = [id.uuid()];
-                let (mut row_conn, mut pids_conn) = (&*conn, &*conn);
-                let row = customer_by_id(app.0, id.uuid())
-                    .select(CustomerRow::as_select())
-                    .first::<CustomerRow>(&mut row_conn);
-                let pairs = provider_ids_of_many(app.0, &ids).load(&mut pids_conn);
-                let ((), row, pairs) =
-                    futures_util::try_join!(scope, async { Ok(row.await.optional()?) }, async {
-                        Ok::<Vec<(Uuid, String, String)>, Error>(pairs.await?)
-                    },)?;
-                let row = row.ok_or(Error::NotFound)?;
-                let providers = group_provider_ids(pairs).remove(&row.id);
-                return row.into_customer(providers.unwrap_or_default());
-            }
+    read!(pool, ctx, cancel, |conn, scope, commit| {
+        let (row, pairs) = match lookup {
+            Lookup::Id(id) => by_id_reads(conn, app.0, id.uuid()),
             Lookup::ExternalId(external_id) => {
-                let mut shared = &*conn;
-                let row = active_by_external_id(app.0, external_id)
-                    .select(CustomerRow::as_select())
-                    .first::<CustomerRow>(&mut shared);
-                let ((), row) =
-                    futures_util::try_join!(scope, async { Ok(row.await.optional()?) })?;
-                row
+                let (row, pairs) = by_external_id_reads(conn, app.0, external_id);
+                let commit = commit.send(conn, HotRead::CustomerByExternalId);
+                let ((), row, pairs, ()) = futures_util::try_join!(scope, row, pairs, commit)?;
+                return found(row, pairs);
             }
             Lookup::ProviderId { provider, id } => {
                 scope.await?;
                 let holder = provider_id_holder(conn, app, provider, id)
                     .await?
                     .ok_or(Error::NotFound)?;
-                customer_by_id(app.0, holder.uuid())
+                let row = customer_by_id(app.0, holder.uuid())
                     .select(CustomerRow::as_select())
                     .first(conn)
                     .await
-                    .optional()?
+                    .optional()?;
+                return load_one(conn, app, row).await?.ok_or(Error::NotFound);
             }
         };
-        load_one(conn, app, row).await?.ok_or(Error::NotFound)
+        let commit = commit.send(conn, HotRead::CustomerById);
+        let ((), row, pairs, ()) = futures_util::try_join!(scope, row, pairs, commit)?;
+        found(row, pairs)
     })
+}
+
+/// The customer of a row read with its provider ids, if there was a row.
+fn found(row: Option<CustomerRow>, pairs: Vec<ProviderPair>) -> Result<Customer, Error> {
+    let row = row.ok_or(Error::NotFound)?;
+    let providers = group_provider_ids(pairs).remove(&row.id);
+    row.into_customer(providers.unwrap_or_default())
 }
 
 /// A write to an existing customer.
@@ -605,15 +693,17 @@ async fn update_row(
         });
     }
 
-    let row = diesel::update(c::table.find((app.0, id.uuid())))
-        .set((
-            CustomerColumns::new(&new),
-            c::revision.eq(c::revision + 1),
-            c::update_time.eq(now),
-        ))
-        .returning(CustomerRow::as_returning())
-        .get_result(conn)
-        .await?;
+    let row = Cached(
+        diesel::update(c::table.find((app.0, id.uuid())))
+            .set((
+                CustomerColumns::new(&new),
+                c::revision.eq(c::revision + 1),
+                c::update_time.eq(now),
+            ))
+            .returning(CustomerRow::as_returning()),
+    )
+    .get_result(conn)
+    .await?;
 
     if new.provider_ids != old.provider_ids {
         let gone: Vec<&String> = old
@@ -645,18 +735,19 @@ async fn archive_row(
     current: Customer,
 ) -> Result<Customer, Error> {
     let (app, id) = (ctx.app, current.id);
-    let row = diesel::update(c::table.find((app.0, id.uuid())))
-        .set((
-            c::state.eq(State::Archived.as_str()),
-            c::archive_time.eq(now),
-            c::update_time.eq(now),
-            c::revision.eq(c::revision + 1),
-        ))
-        .returning(CustomerRow::as_returning())
-        .get_result(conn)
-        .await?;
-    diesel::update(provider_ids_of(app, id))
-        .set(pids::active.eq(false))
+    let row = Cached(
+        diesel::update(c::table.find((app.0, id.uuid())))
+            .set((
+                c::state.eq(State::Archived.as_str()),
+                c::archive_time.eq(now),
+                c::update_time.eq(now),
+                c::revision.eq(c::revision + 1),
+            ))
+            .returning(CustomerRow::as_returning()),
+    )
+    .get_result(conn)
+    .await?;
+    Cached(diesel::update(provider_ids_of(app, id)).set(pids::active.eq(false)))
         .execute(conn)
         .await?;
     let archived = row.into_customer(current.fields.provider_ids)?;
@@ -673,17 +764,19 @@ async fn delete_row(
     diesel::delete(provider_ids_of(app, id))
         .execute(conn)
         .await?;
-    let row = diesel::update(c::table.find((app.0, id.uuid())))
-        .set((
-            CustomerColumns::erased(),
-            c::state.eq(State::Deleted.as_str()),
-            c::delete_time.eq(now),
-            c::update_time.eq(now),
-            c::revision.eq(c::revision + 1),
-        ))
-        .returning(CustomerRow::as_returning())
-        .get_result(conn)
-        .await?;
+    let row = Cached(
+        diesel::update(c::table.find((app.0, id.uuid())))
+            .set((
+                CustomerColumns::erased(),
+                c::state.eq(State::Deleted.as_str()),
+                c::delete_time.eq(now),
+                c::update_time.eq(now),
+                c::revision.eq(c::revision + 1),
+            ))
+            .returning(CustomerRow::as_returning()),
+    )
+    .get_result(conn)
+    .await?;
     // The customer's past events lose its personal data in this same
     // transaction; the deleted event carries only the tombstone.
     events::erase_history(conn, app, id).await?;
@@ -746,7 +839,7 @@ pub async fn list_batch(
     // The page function (see its migration) builds the keyset query for
     // these filters and runs it for the transaction's app: the trigram and
     // jsonb indexes serve it, which they cannot under row-level security.
-    let query =
+    let query = Cached(
         diesel::sql_query("SELECT * FROM customers_page($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind::<Nullable<Text>, _>(filter.email.as_deref())
             .bind::<Nullable<Text>, _>(filter.query.as_deref().map(like_pattern))
@@ -757,7 +850,8 @@ pub async fn list_batch(
             .bind::<Bool, _>(filter.order == Order::Descending)
             .bind::<Nullable<Timestamptz>, _>(after.map(|(time, _)| time))
             .bind::<Nullable<SqlUuid>, _>(after.map(|(_, id)| id))
-            .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX));
+            .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX)),
+    );
 
     read!(pool, ctx, cancel, |conn| {
         let rows: Vec<CustomerRow> = query.load(conn).await?;

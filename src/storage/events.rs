@@ -11,7 +11,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    Pool, TxConnection, connect,
+    Pool, TxConnection,
+    cached::Cached,
+    connect,
     models::CustomerRow,
     schema::{customer_event_heads as heads, customer_events as e},
 };
@@ -95,10 +97,12 @@ pub(super) async fn erase_history(
     app: AppId,
     customer: CustomerId,
 ) -> Result<(), Error> {
-    diesel::update(unerased_history(app.0, customer.uuid()))
-        .set(e::customer.eq(None::<serde_json::Value>))
-        .execute(conn)
-        .await?;
+    Cached(
+        diesel::update(unerased_history(app.0, customer.uuid()))
+            .set(e::customer.eq(None::<serde_json::Value>)),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

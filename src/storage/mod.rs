@@ -11,26 +11,31 @@
 /// `scope` is the future of its one batch (`BEGIN`, then the scope's `SET
 /// LOCAL`s) on the shared connection, which the body joins with its first
 /// queries so that they are pipelined behind it: one round trip for the
-/// start and the first queries, one for `COMMIT`. (`COMMIT` is not
-/// pipelined too: a query whose statement is not yet prepared sends its
-/// execution only after a round trip of its own, which `COMMIT` would
-/// overtake.) The transaction is begun and ended by hand, not by diesel's
-/// transaction manager, which would send `BEGIN` alone; a connection whose
-/// `COMMIT` fails leaves the pool.
+/// start and the queries, one for `COMMIT`. With `|conn, scope, commit|`,
+/// the body may join `commit.send(conn, read)` ([`PipelinedCommit`]) after
+/// the queries of a [`HotRead`]: once the connection has prepared them, the
+/// whole read is one round trip. The transaction is begun and ended by hand, not
+/// by diesel's transaction manager, which would send `BEGIN` alone; a
+/// connection whose `COMMIT` fails leaves the pool.
 macro_rules! read {
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident| $body:block) => {
-        read!($pool, $ctx, $cancel, |$conn, scope| {
+        read!($pool, $ctx, $cancel, |$conn, scope, _commit| {
             scope.await?;
             $body
         })
     };
-    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident| $body:block) => {{
+    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident| $body:block) => {
+        read!($pool, $ctx, $cancel, |$conn, $scope, _commit| $body)
+    };
+    ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident, $commit:ident| $body:block) => {{
+        let pool: &$crate::storage::Pool = $pool;
         let begin = $crate::storage::begin_read_sql($ctx)?;
         let mut pooled = $crate::storage::TxConnection::new(
-            $crate::storage::connect_for_read($pool, $ctx, $cancel).await?,
+            $crate::storage::connect_for_read(pool, $ctx, $cancel).await?,
         );
         pooled.in_transaction = true;
         let pg = pooled.cancel_token();
+        let commit = $crate::storage::PipelinedCommit::new(pool, &pooled);
         let (result, discard) = $crate::storage::cancellable_read(
             pg,
             $cancel,
@@ -42,10 +47,11 @@ macro_rules! read {
                     #[allow(clippy::redundant_closure_call)]
                     let result = (async || -> ::std::result::Result<_, $crate::error::Error> {
                         let $scope = $crate::storage::begin_shared(&*$conn, &begin);
+                        let $commit = &commit;
                         $body
                     })()
                     .await;
-                    $crate::storage::end_transaction(&*$conn, result).await
+                    commit.end(&*$conn, result).await
                 },
                 $crate::storage::transaction_span("read"),
             ),
@@ -101,6 +107,7 @@ macro_rules! write_transaction {
 }
 
 pub mod apps;
+mod cached;
 mod citus;
 pub mod connection;
 pub mod customers;
@@ -114,6 +121,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use deadpool::managed::ObjectId;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{
     AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
@@ -137,8 +145,131 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// replicas starting together.
 const MIGRATION_LOCK_KEY: i64 = 0x0c05_7035_0000_0001;
 
-pub type Pool = DeadPool<AsyncPgConnection>;
 pub type Connection = Object<AsyncPgConnection>;
+
+/// The connection pool, and which of its connections have prepared which
+/// hot reads.
+#[derive(Clone)]
+pub struct Pool {
+    inner: DeadPool<AsyncPgConnection>,
+    /// Connections keep their statements prepared (not behind a pooler in
+    /// transaction mode, where nothing stays prepared).
+    keeps_prepared: bool,
+    /// The connections known to have prepared a hot read's statements: a
+    /// read of that kind on them may pipeline its `COMMIT`
+    /// ([`PipelinedCommit`]). A connection learns a kind by running it once
+    /// the ordinary way. Bounded: ids of connections gone are forgotten
+    /// when the set outgrows the pool, and the rest learn again.
+    prepared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(ObjectId, HotRead)>>>,
+}
+
+impl std::ops::Deref for Pool {
+    type Target = DeadPool<AsyncPgConnection>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl Pool {
+    fn has_prepared(&self, conn: ObjectId, read: HotRead) -> bool {
+        self.keeps_prepared
+            && self
+                .prepared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(conn, read))
+    }
+
+    fn learn_prepared(&self, conn: ObjectId, read: HotRead) {
+        if !self.keeps_prepared {
+            return;
+        }
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if prepared.len() >= 4 * self.status().max_size.max(1) {
+            prepared.clear();
+        }
+        prepared.insert((conn, read));
+    }
+}
+
+/// A read whose statements a connection keeps prepared once it ran them,
+/// so that the read may pipeline its `COMMIT` behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HotRead {
+    CustomerById,
+    CustomerByExternalId,
+}
+
+/// The `COMMIT` of a read (see [`read`]): pipelined behind the read's last
+/// queries by [`PipelinedCommit::send`] when the connection has them
+/// prepared, else sent once they are answered ([`PipelinedCommit::end`]).
+pub struct PipelinedCommit<'p> {
+    pool: &'p Pool,
+    conn: ObjectId,
+    /// [`Self::NOT_SENT`], [`Self::SENT`] or [`Self::DONE`].
+    state: std::sync::atomic::AtomicU8,
+    /// The hot read that ran without a pipelined `COMMIT`, to learn.
+    learning: std::sync::Mutex<Option<HotRead>>,
+}
+
+impl<'p> PipelinedCommit<'p> {
+    const NOT_SENT: u8 = 0;
+    const SENT: u8 = 1;
+    const DONE: u8 = 2;
+
+    pub fn new(pool: &'p Pool, conn: &TxConnection) -> Self {
+        Self {
+            pool,
+            conn: conn.id(),
+            state: Self::NOT_SENT.into(),
+            learning: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// To be joined after the last queries of `read`, which must be all of
+    /// its statements: sends `COMMIT` when polled if the connection has
+    /// prepared them (their executions went out on their first poll, ahead
+    /// of it; a statement not yet prepared sends its execution only after a
+    /// round trip of its own, which the `COMMIT` would overtake). Else does
+    /// nothing, and [`Self::end`] commits once they are answered.
+    pub async fn send(&self, conn: &AsyncPgConnection, read: HotRead) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if !self.pool.has_prepared(self.conn, read) {
+            *self.learning.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
+            return Ok(());
+        }
+        self.state.store(Self::SENT, Ordering::Release);
+        let mut shared = conn;
+        shared.batch_execute("COMMIT").await?;
+        self.state.store(Self::DONE, Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends the read: nothing left to do if its pipelined `COMMIT` was
+    /// answered, else [`end_transaction`]. Returns the result, and whether
+    /// the connection is lost: a `COMMIT` sent but not answered (it failed,
+    /// or the body stopped waiting at a query's error) leaves its state
+    /// unknown.
+    pub async fn end<T>(
+        &self,
+        conn: &AsyncPgConnection,
+        result: Result<T, Error>,
+    ) -> (Result<T, Error>, bool) {
+        match std::sync::atomic::AtomicU8::load(&self.state, std::sync::atomic::Ordering::Acquire) {
+            Self::DONE => (result, false),
+            Self::NOT_SENT => {
+                let (result, lost) = end_transaction(conn, result).await;
+                let learned = *self.learning.lock().unwrap_or_else(|e| e.into_inner());
+                if let (Ok(_), false, Some(read)) = (&result, lost, learned) {
+                    self.pool.learn_prepared(self.conn, read);
+                }
+                (result, lost)
+            }
+            _ => (result, true),
+        }
+    }
+}
 
 /// A pooled connection whose transactions are begun and ended by hand (see
 /// [`read`], [`write_transaction`]): dropped while `in_transaction` (its
@@ -159,6 +290,11 @@ impl TxConnection {
             conn: Some(conn),
             in_transaction: false,
         }
+    }
+
+    /// The pool's id of the connection.
+    pub fn id(&self) -> ObjectId {
+        Object::id(self.conn.as_ref().expect("present until dropped"))
     }
 }
 
@@ -250,13 +386,18 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
         })
     });
     let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
-    Ok(DeadPool::builder(manager)
+    let inner = DeadPool::builder(manager)
         .max_size(options.max_size)
         .wait_timeout(Some(options.acquire_timeout))
         .create_timeout(Some(options.acquire_timeout))
         .recycle_timeout(Some(options.acquire_timeout))
         .runtime(deadpool::Runtime::Tokio1)
-        .build()?)
+        .build()?;
+    Ok(Pool {
+        inner,
+        keeps_prepared: !transaction_pooler,
+        prepared: Default::default(),
+    })
 }
 
 /// Takes a connection from the pool, waiting no longer than the pool's

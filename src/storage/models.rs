@@ -229,8 +229,10 @@ impl<'a> CustomerColumns<'a> {
     }
 }
 
+/// A new customer's row. Every field is a value, never `DEFAULT`, so that
+/// diesel keeps the insert prepared (see `super::cached`).
 #[derive(Debug, Insertable)]
-#[diesel(table_name = customers)]
+#[diesel(table_name = customers, treat_none_as_default_value = false)]
 pub struct NewCustomer<'a> {
     pub app_id: Uuid,
     pub id: Uuid,
