@@ -287,7 +287,11 @@ pub async fn create(
         let id = CustomerId::generate();
         let span = super::transaction_span("create");
         let outcome = write_transaction!(&mut conn, ctx, span, |conn, begin| {
-            // Begin and insert in one round trip.
+            // Begin, the insert, and then the key's active holder with its
+            // provider ids, in one round trip: a repeated create (the
+            // insert does nothing) has its answer without another. The
+            // holder's queries run after the insert (pipelined in order),
+            // so they see a holder whose commit the insert waited for.
             let mut shared: &AsyncPgConnection = conn;
             let insert = diesel::insert_into(c::table)
                 .values(NewCustomer {
@@ -298,14 +302,21 @@ pub async fn create(
                 .on_conflict_do_nothing()
                 .returning(CustomerRow::as_returning())
                 .get_result::<CustomerRow>(&mut shared);
-            let ((), inserted) = futures_util::try_join!(begin_shared(conn, begin), async {
-                Ok(insert.await.optional()?)
-            },)?;
+            let (holder, holder_pairs) = key_holder_reads(conn, app.0, fields);
+            let ((), inserted, holder, holder_pairs) = futures_util::try_join!(
+                begin_shared(conn, begin),
+                async { Ok(insert.await.optional()?) },
+                holder,
+                holder_pairs,
+            )?;
             if let Some(row) = inserted {
                 insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
                 let created = row.into_customer(fields.provider_ids.clone())?;
                 record(conn, ctx, EventType::Created, &created, Vec::new()).await?;
                 return Ok(Some((created, true)));
+            }
+            if holder.is_some() {
+                return Ok(Some((found(holder, holder_pairs)?, false)));
             }
             // Some active customer holds the email or the external id.
             let Some(external_id) = &fields.external_id else {
@@ -411,6 +422,55 @@ where
         Ok(pairs.load::<ProviderPair>(&mut shared).await?)
     };
     (row, pairs)
+}
+
+/// The provider ids of the active customer holding an email (see
+/// [`provider_pairs_by_external_id`]).
+#[dsl::auto_type]
+pub(super) fn provider_pairs_by_email<'a>(app: Uuid, email: &'a str) -> _ {
+    let active: &'static str = State::Active.as_str();
+    let lowered: lower<&'a str> = lower(email);
+    let holder = c::table
+        .filter(c::app_id.eq(app))
+        .filter(c::state.eq(active))
+        .filter(c::email_lower.eq(lowered))
+        .select(c::id);
+    pids::table
+        .filter(pids::app_id.eq(app))
+        .filter(pids::customer_id.eq_any(holder))
+        .select((
+            pids::customer_id,
+            pids::provider,
+            pids::provider_customer_id,
+        ))
+}
+
+/// The queries that find the active holder of a create's idempotency key
+/// (its external id if set, else its email) with its provider ids (see
+/// [`row_and_pairs`]).
+fn key_holder_reads<'c>(
+    conn: &'c AsyncPgConnection,
+    app: Uuid,
+    fields: &'c ValidFields,
+) -> (
+    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c,
+    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + 'c,
+) {
+    use futures_util::future::Either::{Left, Right};
+    match &fields.external_id {
+        Some(external_id) => {
+            let (row, pairs) = by_external_id_reads(conn, app, external_id);
+            (Left(row), Left(pairs))
+        }
+        None => {
+            let (row, pairs) = row_and_pairs(
+                conn,
+                active_by_email(app, &fields.email).select(CustomerRow::as_select()),
+                provider_pairs_by_email(app, &fields.email),
+            );
+            (Right(row), Right(pairs))
+        }
+    }
 }
 
 /// GetCustomer by id's queries (see [`row_and_pairs`]).

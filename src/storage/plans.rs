@@ -13,7 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use super::{
     customers::{
         active_by_email, active_by_external_id, archived_by_external_id, customer_by_id,
-        like_pattern, provider_id_holder_query, provider_ids_of_many,
+        like_pattern, provider_id_holder_query, provider_ids_of_many, provider_pairs_by_email,
         provider_pairs_by_external_id, provider_pairs_of,
     },
     events::{EventRow, customer_events_after, events_after, first_at, head_of, unerased_history},
@@ -124,6 +124,10 @@ pub async fn explain_query_shapes(
         (
             "provider ids of a customer".to_owned(),
             explain(conn, provider_pairs_of(app_id, sample.id.uuid())).await?,
+        ),
+        (
+            "provider ids of an email's holder".to_owned(),
+            explain(conn, provider_pairs_by_email(app_id, &sample.email)).await?,
         ),
         (
             "provider ids of an external id's holder".to_owned(),

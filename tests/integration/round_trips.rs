@@ -196,6 +196,10 @@ async fn round_trips_per_rpc_are_few() {
             "GetCustomer by id" => 1,
             "GetCustomer by external id" => 1,
             "CreateCustomer, new" => 3,
+            // BEGIN with the scope, the insert that does nothing and the
+            // holder's row and provider ids; COMMIT.
+            "CreateCustomer, repeated (by external id)" => 2,
+            "CreateCustomer, repeated (by email)" => 2,
             _ => 4,
         };
         assert!(
