@@ -42,8 +42,10 @@ pub struct StreamOptions {
     /// Streams one app may have open at once in this process.
     pub max_per_app: Option<NonZeroU32>,
     /// Most bytes of encoded customers one stream holds for its client. A
-    /// batch asks for no more rows than fit, at the size of the last batch's
-    /// rows, so a stream that is not read holds about twice this at most.
+    /// batch asks for no more rows than fit, at the size of an earlier
+    /// batch's rows, so a stream that is not read holds about three times
+    /// this at most (the buffer, the batch being sent, the batch read
+    /// ahead).
     pub buffer_bytes: usize,
     /// A stream whose client takes nothing from its full buffer for this
     /// long is ended (UNAVAILABLE / STREAM_STALLED, resumable), freeing its
@@ -348,68 +350,97 @@ impl<M> Stream for ResponseStream<M> {
     }
 }
 
-/// Feeds a ListCustomers stream: one keyset query per batch, each sent
-/// through the bounded buffer before the next is read, so memory stays at
-/// about two buffers' worth and a slow client slows the reads down. Stops as
-/// soon as the receiving side is gone (the client went away, or the stream
-/// was cut by shutdown or deadline), cancelling a query in flight, or when
-/// the client has taken nothing for `stall_timeout`.
+/// Feeds a ListCustomers stream: one keyset query per batch. While a batch
+/// is sent through the bounded buffer, the next one is read (so the
+/// database and the encoding work at once), and no further one until the
+/// batch is sent: memory stays at about three buffers' worth, and a slow
+/// client slows the reads down. Stops as soon as the receiving side is gone
+/// (the client went away, or the stream was cut by shutdown or deadline),
+/// cancelling a query in flight, or when the client has taken nothing for
+/// `stall_timeout`.
 async fn stream_customers(
     api: CustomerApi,
     ctx: RequestContext,
     filter: ListFilter,
-    mut after: Option<Position>,
+    after: Option<Position>,
     sender: StreamSender<pb::ListCustomersResponse>,
     _open: OpenStream,
 ) {
     // Fires when the client side goes away or the server stops, and when
     // this function returns (which ends the watcher).
     let (cancel, _end) = sender.gone(&api.shutdown);
+    // A batch is read in a task of its own, so that decoding the next
+    // batch and encoding this one can run on two cores. If this function
+    // returns first, `cancel` has fired and the read ends by itself.
+    let filter = Arc::new(filter);
+    let read = |after: Option<Position>, want: u64| {
+        let (api, filter, cancel) = (api.clone(), filter.clone(), cancel.clone());
+        let read = tokio::spawn(async move {
+            let batch =
+                store::list_batch(&api.pool, &ctx, &filter, after, want as i64, &cancel).await;
+            api.stats.batches.fetch_add(1, Ordering::Relaxed);
+            batch
+        });
+        async move { read.await.unwrap_or_else(|e| Err(Error::internal(e))) }
+    };
 
     let max_rows = api.stream.batch_size.max(1);
     let mut rows = FIRST_BATCH_ROWS.min(max_rows);
     let mut remaining = filter.limit;
+    let mut want = remaining.map_or(rows as u64, |r| r.min(rows as u64));
+    let mut next = read(after, want).await;
     loop {
-        let want = remaining.map_or(rows as u64, |r| r.min(rows as u64));
-        let batch = store::list_batch(&api.pool, &ctx, &filter, after, want as i64, &cancel).await;
         if cancel.is_cancelled() {
             return;
         }
-        let batch = match batch {
+        let batch = match next {
             Ok(batch) => batch,
             Err(e) => {
                 sender.fail(e).await;
                 return;
             }
         };
-        api.stats.batches.fetch_add(1, Ordering::Relaxed);
         let complete = (batch.len() as u64) < want;
-        let (count, mut bytes) = (batch.len(), 0);
-        for customer in batch {
-            after = Some((customer.create_time, customer.id.uuid()));
-            let message = pb::ListCustomersResponse {
-                customer: Some(customer.into()),
-            };
-            bytes += message.encoded_len();
-            match sender.send(message).await {
-                Ok(()) => {}
-                Err(Stopped::Gone) => return,
-                Err(Stopped::Stalled) => {
-                    tracing::info!("ListCustomers client read nothing for too long; ending it");
-                    return;
-                }
-            }
-        }
         if let Some(r) = &mut remaining {
             *r -= want.min(*r);
-            if *r == 0 {
+        }
+        let last = batch.last().map(|c| (c.create_time, c.id.uuid()));
+        let prefetch = (!complete && remaining != Some(0)).then(|| {
+            want = remaining.map_or(rows as u64, |r| r.min(rows as u64));
+            read(last, want)
+        });
+        let send = async {
+            let (count, mut bytes) = (batch.len(), 0);
+            for customer in batch {
+                let message = pb::ListCustomersResponse {
+                    customer: Some(customer.into()),
+                };
+                bytes += message.encoded_len();
+                sender.send(message).await?;
+            }
+            Ok::<_, Stopped>((count, bytes))
+        };
+        let prefetched = async {
+            match prefetch {
+                Some(read) => Some(read.await),
+                None => None,
+            }
+        };
+        let (sent, prefetched) = tokio::join!(send, prefetched);
+        let (count, bytes) = match sent {
+            Ok(sent) => sent,
+            Err(Stopped::Gone) => return,
+            Err(Stopped::Stalled) => {
+                tracing::info!("ListCustomers client read nothing for too long; ending it");
                 return;
             }
-        }
-        if complete {
+        };
+        let Some(prefetched) = prefetched else {
             return;
-        }
-        // As many rows as fit in the buffer at this batch's average size.
+        };
+        next = prefetched;
+        // The batch after the next one: as many rows as fit in the buffer
+        // at this batch's average size.
         let average = (bytes / count.max(1)).max(1);
         rows = (api.stream.buffer_bytes / average).clamp(1, max_rows);
     }
