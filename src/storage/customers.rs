@@ -282,16 +282,18 @@ pub async fn create(
     fields: &ValidFields,
 ) -> Result<(Customer, bool), Error> {
     let app = ctx.app;
+    // The idempotent hit first, as a read: a repeated create (a retried
+    // signup) costs what a GetCustomer costs, one round trip with nothing
+    // written. A miss goes on to the insert, which settles races.
+    if let Some(holder) = key_holder(pool, ctx, fields).await? {
+        return Ok((holder, false));
+    }
     let mut conn = TxConnection::new(connect(pool, ctx.deadline).await?);
     for _ in 0..CREATE_ATTEMPTS {
         let id = CustomerId::generate();
         let span = super::transaction_span("create");
         let outcome = write_transaction!(&mut conn, ctx, span, |conn, begin| {
-            // Begin, the insert, and then the key's active holder with its
-            // provider ids, in one round trip: a repeated create (the
-            // insert does nothing) has its answer without another. The
-            // holder's queries run after the insert (pipelined in order),
-            // so they see a holder whose commit the insert waited for.
+            // Begin and insert in one round trip.
             let mut shared: &AsyncPgConnection = conn;
             let insert = diesel::insert_into(c::table)
                 .values(NewCustomer {
@@ -302,23 +304,18 @@ pub async fn create(
                 .on_conflict_do_nothing()
                 .returning(CustomerRow::as_returning())
                 .get_result::<CustomerRow>(&mut shared);
-            let (holder, holder_pairs) = key_holder_reads(conn, app.0, fields);
-            let ((), inserted, holder, holder_pairs) = futures_util::try_join!(
-                begin_shared(conn, begin),
-                async { Ok(insert.await.optional()?) },
-                holder,
-                holder_pairs,
-            )?;
+            let ((), inserted) = futures_util::try_join!(begin_shared(conn, begin), async {
+                Ok(insert.await.optional()?)
+            },)?;
             if let Some(row) = inserted {
                 insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
                 let created = row.into_customer(fields.provider_ids.clone())?;
                 record(conn, ctx, EventType::Created, &created, Vec::new()).await?;
                 return Ok(Some((created, true)));
             }
-            if holder.is_some() {
-                return Ok(Some((found(holder, holder_pairs)?, false)));
-            }
-            // Some active customer holds the email or the external id.
+            // Some active customer holds the email or the external id: one
+            // that committed after the read above (a concurrent create),
+            // or, keyed by external id, another customer holding the email.
             let Some(external_id) = &fields.external_id else {
                 let row = active_by_email(app.0, &fields.email)
                     .select(CustomerRow::as_select())
@@ -354,6 +351,31 @@ pub async fn create(
         }
     }
     Err(Error::Contention)
+}
+
+/// The active customer holding a create's idempotency key (its external id
+/// if set, else its email), if any: a read whose `COMMIT` is pipelined like
+/// a GetCustomer's.
+async fn key_holder(
+    pool: &Pool,
+    ctx: &RequestContext,
+    fields: &ValidFields,
+) -> Result<Option<Customer>, Error> {
+    // A create runs to completion: nothing calls this read off.
+    let cancel = CancellationToken::new();
+    let read = match fields.external_id {
+        Some(_) => HotRead::CustomerByExternalId,
+        None => HotRead::CustomerByEmail,
+    };
+    read!(pool, ctx, &cancel, |conn, scope, commit| {
+        let (row, pairs) = key_holder_reads(conn, ctx.app.0, fields);
+        let commit = commit.send(conn, read);
+        let ((), row, pairs, ()) = futures_util::try_join!(scope, row, pairs, commit)?;
+        match row {
+            Some(_) => found(row, pairs).map(Some),
+            None => Ok(None),
+        }
+    })
 }
 
 /// A provider id of a customer: (customer, provider, the provider's id).

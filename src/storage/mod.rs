@@ -199,6 +199,8 @@ impl Pool {
 pub enum HotRead {
     CustomerById,
     CustomerByExternalId,
+    /// The active holder of an email (a repeated CreateCustomer).
+    CustomerByEmail,
 }
 
 /// The `COMMIT` of a read (see [`read`]): pipelined behind the read's last
