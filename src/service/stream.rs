@@ -370,8 +370,9 @@ async fn stream_customers(
     // this function returns (which ends the watcher).
     let (cancel, _end) = sender.gone(&api.shutdown);
     // A batch is read in a task of its own, so that decoding the next
-    // batch and encoding this one can run on two cores. If this function
-    // returns first, `cancel` has fired and the read ends by itself.
+    // batch and encoding this one can run on two cores. Each read is
+    // awaited; were this future dropped during one, `cancel` fires (`_end`)
+    // and the read ends by itself.
     let filter = Arc::new(filter);
     let read = |after: Option<Position>, want: u64| {
         let (api, filter, cancel) = (api.clone(), filter.clone(), cancel.clone());

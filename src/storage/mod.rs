@@ -14,9 +14,9 @@
 /// start and the queries, one for `COMMIT`. With `|conn, scope, commit|`,
 /// the body may join `commit.send(conn, read)` ([`PipelinedCommit`]) after
 /// the queries of a [`HotRead`]: once the connection has prepared them, the
-/// whole read is one round trip. The transaction is begun and ended by hand, not
-/// by diesel's transaction manager, which would send `BEGIN` alone; a
-/// connection whose `COMMIT` fails leaves the pool.
+/// whole read is one round trip. The transaction is begun and ended by
+/// hand, not by diesel's transaction manager, which would send `BEGIN`
+/// alone; a connection whose `COMMIT` fails leaves the pool.
 macro_rules! read {
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident| $body:block) => {
         read!($pool, $ctx, $cancel, |$conn, scope, _commit| {
