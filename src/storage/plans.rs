@@ -179,53 +179,86 @@ pub async fn explain_query_shapes(
     let pattern = like_pattern(&sample.email[..sample.email.len().min(8)]);
     let metadata = serde_json::json!({ "parity": "1" }).to_string();
     let position = "now() - interval '1 minute'";
-    // (name, filters as customers_page_sql takes them, the parameters).
+    // (name, filters as customers_page_sql takes them, whether the query
+    // is narrowed to its rarest windows as customers_page narrows it).
     let pages = [
         (
             "page, oldest first",
             "false, false, false, false, false, false, false, false",
+            false,
         ),
         (
             "page, newest first, resumed",
             "false, false, false, false, false, false, true, true",
+            false,
         ),
         (
             "page by email",
             "true, false, false, false, false, false, false, false",
+            false,
         ),
         (
             "page by email, archived too",
             "true, false, false, false, false, true, false, false",
+            false,
         ),
         (
-            "page by query",
+            "page by query, whole term",
             "false, true, false, false, false, false, false, false",
+            false,
         ),
         (
-            "page by query, resumed",
+            "page by query, rarest windows",
+            "false, true, false, false, false, false, false, false",
+            true,
+        ),
+        (
+            "page by query, rarest windows, resumed",
             "false, true, false, false, false, false, false, true",
+            true,
         ),
         (
             "page by metadata",
             "false, false, false, false, true, false, false, false",
+            false,
         ),
         (
             "page by creation range",
             "false, false, true, true, false, false, false, false",
+            false,
         ),
     ];
-    for (name, filters) in pages {
+    for (name, filters, narrowed) in pages {
         #[derive(QueryableByName)]
         struct Sql {
             #[diesel(sql_type = sql_types::Text)]
             sql: String,
+            #[diesel(sql_type = sql_types::Text)]
+            windows: String,
         }
-        let Sql { sql } = diesel::sql_query(format!("SELECT customers_page_sql({filters}) AS sql"))
-            .get_result(conn)
-            .await?;
+        // The windows as customers_page chooses them, and the SQL for
+        // their number.
+        let windows = if narrowed {
+            format!(
+                "customers_search_windows('email', {pattern}), \
+                 customers_search_windows('name', {pattern})",
+                pattern = quote(&pattern)
+            )
+        } else {
+            "NULL::text[], NULL::text[]".to_owned()
+        };
+        let Sql { sql, windows } = diesel::sql_query(format!(
+            "SELECT customers_page_sql({filters}, coalesce(cardinality(w.email), 0), \
+                                       coalesce(cardinality(w.name), 0)) AS sql, \
+                    format('%L, %L, %L, %L, %L, %L', w.email[1], w.email[2], w.email[3], \
+                           w.name[1], w.name[2], w.name[3]) AS windows \
+             FROM (SELECT {windows}) AS w(email, name)"
+        ))
+        .get_result(conn)
+        .await?;
         conn.batch_execute(&format!(
             "PREPARE page_shape (uuid, text, text, timestamptz, timestamptz, jsonb, \
-             timestamptz, uuid, integer) AS {sql}"
+             timestamptz, uuid, integer, text, text, text, text, text, text, text) AS {sql}"
         ))
         .await?;
         #[derive(QueryableByName)]
@@ -235,7 +268,8 @@ pub async fn explain_query_shapes(
         }
         let plan: Vec<Line> = diesel::sql_query(format!(
             "EXPLAIN EXECUTE page_shape('{app_id}', lower({email}), {pattern}, \
-             {position}, now(), {metadata}, {position}, '{id}', 500)",
+             {position}, now(), {metadata}, {position}, '{id}', 500, {windows}, \
+             lower({pattern}))",
             email = quote(&sample.email),
             pattern = quote(&pattern),
             metadata = quote(&metadata),
@@ -245,7 +279,7 @@ pub async fn explain_query_shapes(
         .await?;
         conn.batch_execute("DEALLOCATE page_shape").await?;
         let plan = plan.into_iter().map(|l| l.line).collect::<Vec<_>>();
-        plans.push((name.to_owned(), plan.join("\n")));
+        plans.push((format!("{name}: {sql}"), plan.join("\n")));
     }
     Ok(plans)
 }

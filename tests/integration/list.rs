@@ -298,6 +298,100 @@ async fn filters_narrow_the_stream() {
     }
 }
 
+/// Once the planner's statistics know which trigrams are common, a query
+/// asks the trigram index for its term's rarest windows only and checks the
+/// whole term on each row (migration `search_by_rare_trigrams`). It must
+/// find exactly what the whole term finds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
+    use diesel::{QueryableByName, sql_types};
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    let mut svc = TestService::start().await;
+    // bulk<n>@example.com, "Bulk <n>": "bul", "ulk", "exa", "com" are in
+    // every row.
+    seed(&svc.database_url, 20_000).await;
+    for (email, name) in [
+        ("zed@other.org", "Mr BULK1234 Jr"),
+        ("bulk1234-2@example.com", "Second"),
+        ("amy@example.com", "Amy Bulk 1234"),
+        ("archived@example.com", "Bulk1234 Gone"),
+    ] {
+        let mut c = customer(email);
+        c.name = name.into();
+        let created = create_new(&mut svc.client, c).await;
+        if email.starts_with("archived") {
+            archive(&mut svc.client, &created.id, &created.etag)
+                .await
+                .unwrap();
+        }
+    }
+    let mut conn = svc.sql().await;
+    conn.batch_execute("ANALYZE customers").await.unwrap();
+
+    #[derive(QueryableByName)]
+    struct Windows {
+        #[diesel(sql_type = sql_types::Nullable<sql_types::Array<sql_types::Text>>)]
+        windows: Option<Vec<String>>,
+    }
+    let Windows { windows } =
+        diesel::sql_query("SELECT customers_search_windows('email', '%bulk1234%') AS windows")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    let windows = windows.expect("the statistics name rare windows");
+    assert!(!windows.is_empty() && windows.len() <= 3, "{windows:?}");
+    for common in ["%bul%", "%ulk%"] {
+        assert!(!windows.iter().any(|w| w == common), "{windows:?}");
+    }
+
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    for term in [
+        "bulk1234",
+        "BULK1234",
+        "k1234@",
+        "ulk 123",
+        "Bulk 19999",
+        "1234",
+        "bulk1234 jr",
+        "4-2@example",
+        "mple.com",
+        "no such term",
+    ] {
+        // What the whole term matches, read as the tables' owner.
+        let expected: Vec<String> = diesel::sql_query(
+            "SELECT id FROM customers WHERE state = 'active' \
+             AND (email ILIKE '%' || $1 || '%' OR name ILIKE '%' || $1 || '%') \
+             ORDER BY create_time, id",
+        )
+        .bind::<sql_types::Text, _>(term)
+        .load::<Id>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| CustomerId(row.id).to_string())
+        .collect();
+        let found: Vec<String> = list(
+            &mut svc.client,
+            pb::ListCustomersRequest {
+                query: term.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+        assert_eq!(found.len(), expected.len(), "{term}");
+        assert_eq!(found, expected, "{term}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_list_requests_are_invalid() {
     let mut svc = TestService::start().await;
