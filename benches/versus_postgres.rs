@@ -54,7 +54,10 @@ use common::{
 use customers::{
     embedded_pg::{self, Cluster},
     pb::{self, customer_service_client::CustomerServiceClient, get_customer_request::Lookup},
-    storage,
+    storage::{
+        self,
+        search::{Column, CommonTrigrams},
+    },
 };
 use futures_util::StreamExt;
 use tonic::transport::Channel;
@@ -145,6 +148,7 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
         size >> 20
     );
 
+    search_windows(&db, n).await?;
     let auth = default_app_key(&url).await?;
 
     let (server, endpoint) = start_service(&url).await?;
@@ -206,6 +210,40 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
 
 // ---------------------------------------------------------------------------
 // Seeding
+
+/// For pgbench's searches: the windows the service gives the trigram index
+/// for each term the benchmark searches for (`bench_search_windows`),
+/// chosen from the same statistics by the same function.
+async fn search_windows(db: &tokio_postgres::Client, customers: u64) -> anyhow::Result<()> {
+    let common = CommonTrigrams::from_rows(
+        db.query("SELECT * FROM customers_common_trigrams()", &[])
+            .await?
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2))),
+    );
+    let (low, high) = search_range(customers);
+    let mut qs = Vec::new();
+    let (mut email, mut name) = (Vec::new(), Vec::new());
+    for q in low..=high {
+        let term = format!("customer{q}");
+        qs.push(q as i64);
+        email.push(common.windows(Column::Email, &term).join(","));
+        name.push(common.windows(Column::Name, &term).join(","));
+    }
+    db.batch_execute(
+        "CREATE TABLE bench_search_windows (q bigint PRIMARY KEY, email text[], name text[])",
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO bench_search_windows \
+         SELECT q, string_to_array(e, ','), string_to_array(n, ',') \
+         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(q, e, n)",
+        &[&qs, &email, &name],
+    )
+    .await?;
+    db.batch_execute("ANALYZE bench_search_windows").await?;
+    Ok(())
+}
 
 // ---------------------------------------------------------------------------
 // The service
@@ -387,13 +425,16 @@ impl Call {
                  AND external_id = 'user_' || {n} AND state = 'active';\n"
             ),
             // The page function the service calls, with the service's
-            // pattern; the app comes from the session (see `pgoptions`).
+            // pattern and windows (see `search_windows`); the app comes from
+            // the session (see `pgoptions`).
             Call::Search => {
                 let (low, high) = search_range(customers);
                 format!(
                     "\\set q random({low}, {high})\n\
-                     SELECT * FROM customers_page(NULL, '%customer' || CAST(:q AS text) || '%', \
-                     NULL, NULL, NULL, false, false, NULL, NULL, 20);\n"
+                     SELECT page.* FROM bench_search_windows AS w, \
+                     LATERAL customers_page(NULL, '%customer' || CAST(:q AS text) || '%', \
+                     NULL, NULL, NULL, false, false, NULL, NULL, 20, w.email, w.name) AS page \
+                     WHERE w.q = :q;\n"
                 )
             }
             // A random UUID in the email: no collision in practice, and

@@ -1,5 +1,7 @@
-DROP FUNCTION customers_page_sql(boolean, boolean, boolean, boolean, boolean, boolean, boolean, boolean, integer, integer);
-CREATE FUNCTION customers_page_sql(
+DROP FUNCTION customers_page(text, text, timestamptz, timestamptz, jsonb, boolean, boolean, timestamptz, uuid, integer, text[], text[]);
+DROP FUNCTION customers_common_trigrams;
+DROP FUNCTION customers_page_nearest_sql;
+CREATE OR REPLACE FUNCTION customers_page_sql(
     has_email boolean, has_query boolean, has_after boolean, has_before boolean,
     has_metadata boolean, include_archived boolean, descending boolean, has_position boolean
 ) RETURNS text
@@ -21,34 +23,4 @@ AS $$
         || ' LIMIT $9'
 $$;
 
-CREATE OR REPLACE FUNCTION customers_page(
-    p_email            text,
-    p_query            text,
-    p_created_after    timestamptz,
-    p_created_before   timestamptz,
-    p_metadata         jsonb,
-    p_include_archived boolean,
-    p_descending       boolean,
-    p_after_time       timestamptz,
-    p_after_id         uuid,
-    p_limit            integer
-) RETURNS SETOF customers
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, public
-AS $$
-DECLARE
-    app uuid := nullif(current_setting('customers.app_id', true), '')::uuid;
-BEGIN
-    IF app IS NULL THEN
-        RETURN;
-    END IF;
-    RETURN QUERY EXECUTE customers_page_sql(
-        p_email IS NOT NULL, p_query IS NOT NULL, p_created_after IS NOT NULL,
-        p_created_before IS NOT NULL, p_metadata IS NOT NULL, p_include_archived,
-        p_descending, p_after_time IS NOT NULL)
-    USING app, lower(p_email), p_query, p_created_after, p_created_before, p_metadata,
-          p_after_time, p_after_id, p_limit;
-END
-$$;
-
-DROP FUNCTION customers_search_windows;
+DROP FUNCTION customers_page_sql(boolean, boolean, boolean, boolean, boolean, boolean, boolean, boolean, integer, integer);

@@ -912,27 +912,44 @@ pub async fn list_batch(
     limit: i64,
     cancel: &CancellationToken,
 ) -> Result<Vec<Customer>, Error> {
-    use sql_types::{Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    use super::search::Column;
+    use sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let app = ctx.app;
     let metadata = (!filter.metadata.is_empty())
         .then(|| serde_json::to_value(&filter.metadata))
         .transpose()
         .map_err(Error::internal)?;
-    // The page function (see its migration) builds the keyset query for
+    // A query's rarest windows for the trigram indexes (see `search`).
+    let trigrams = match &filter.query {
+        Some(_) => Some(pool.common_trigrams(ctx, cancel).await),
+        None => None,
+    };
+    let windows = |column| {
+        filter
+            .query
+            .as_deref()
+            .zip(trigrams.as_deref())
+            .map(|(query, trigrams)| trigrams.windows(column, query))
+    };
+    // The page function (see its migrations) builds the keyset query for
     // these filters and runs it for the transaction's app: the trigram and
     // jsonb indexes serve it, which they cannot under row-level security.
     let query = Cached(
-        diesel::sql_query("SELECT * FROM customers_page($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-            .bind::<Nullable<Text>, _>(filter.email.as_deref())
-            .bind::<Nullable<Text>, _>(filter.query.as_deref().map(like_pattern))
-            .bind::<Nullable<Timestamptz>, _>(filter.created_after)
-            .bind::<Nullable<Timestamptz>, _>(filter.created_before)
-            .bind::<Nullable<Jsonb>, _>(metadata)
-            .bind::<Bool, _>(filter.include_archived)
-            .bind::<Bool, _>(filter.order == Order::Descending)
-            .bind::<Nullable<Timestamptz>, _>(after.map(|(time, _)| time))
-            .bind::<Nullable<SqlUuid>, _>(after.map(|(_, id)| id))
-            .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX)),
+        diesel::sql_query(
+            "SELECT * FROM customers_page($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind::<Nullable<Text>, _>(filter.email.as_deref())
+        .bind::<Nullable<Text>, _>(filter.query.as_deref().map(like_pattern))
+        .bind::<Nullable<Timestamptz>, _>(filter.created_after)
+        .bind::<Nullable<Timestamptz>, _>(filter.created_before)
+        .bind::<Nullable<Jsonb>, _>(metadata)
+        .bind::<Bool, _>(filter.include_archived)
+        .bind::<Bool, _>(filter.order == Order::Descending)
+        .bind::<Nullable<Timestamptz>, _>(after.map(|(time, _)| time))
+        .bind::<Nullable<SqlUuid>, _>(after.map(|(_, id)| id))
+        .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX))
+        .bind::<Nullable<Array<Text>>, _>(windows(Column::Email))
+        .bind::<Nullable<Array<Text>>, _>(windows(Column::Name)),
     );
 
     read!(pool, ctx, cancel, |conn| {

@@ -115,6 +115,7 @@ pub mod events;
 mod models;
 pub mod plans;
 pub mod schema;
+pub mod search;
 
 use std::time::Duration;
 
@@ -161,6 +162,8 @@ pub struct Pool {
     /// the ordinary way. Bounded: ids of connections gone are forgotten
     /// when the set outgrows the pool, and the rest learn again.
     prepared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(ObjectId, HotRead)>>>,
+    /// Which trigrams are common, for searches ([`search`]).
+    search: std::sync::Arc<search::SearchStatistics>,
 }
 
 impl std::ops::Deref for Pool {
@@ -172,6 +175,46 @@ impl std::ops::Deref for Pool {
 }
 
 impl Pool {
+    /// The search statistics ([`search`]). When they are a minute old, the
+    /// first caller to notice loads them again in its own read (one more
+    /// round trip, once a minute per replica) while the others go on with
+    /// the old ones; none at all until the first load has ended. A load
+    /// that fails is logged and tried again a minute later.
+    pub async fn common_trigrams(
+        &self,
+        ctx: &RequestContext,
+        cancel: &CancellationToken,
+    ) -> std::sync::Arc<search::CommonTrigrams> {
+        let stale = match self.search.fresh() {
+            Ok(fresh) => return fresh,
+            Err(stale) => stale,
+        };
+        let Some(_loading) = self.search.try_loading() else {
+            return stale.unwrap_or_default();
+        };
+        // Another caller may have loaded them in the meantime.
+        if let Ok(fresh) = self.search.fresh() {
+            return fresh;
+        }
+        let loaded = async {
+            read!(self, ctx, cancel, |conn| {
+                search::CommonTrigrams::load(conn).await
+            })
+        }
+        .await;
+        if let Err(error) = &loaded {
+            tracing::warn!(%error, "loading the search statistics failed; searching by whole terms");
+        }
+        self.search.store(loaded.ok())
+    }
+
+    /// The search statistics this replica holds, fresh or not, without
+    /// loading any: for tests.
+    #[doc(hidden)]
+    pub fn cached_trigrams(&self) -> Option<std::sync::Arc<search::CommonTrigrams>> {
+        self.search.fresh().map_or_else(|stale| stale, Some)
+    }
+
     fn has_prepared(&self, conn: ObjectId, read: HotRead) -> bool {
         self.keeps_prepared
             && self
@@ -399,6 +442,7 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
         inner,
         keeps_prepared: !transaction_pooler,
         prepared: Default::default(),
+        search: Default::default(),
     })
 }
 

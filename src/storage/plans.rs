@@ -19,6 +19,7 @@ use super::{
     events::{EventRow, customer_events_after, events_after, first_at, head_of, unerased_history},
     models::CustomerRow,
     schema::customers as c,
+    search::{Column, CommonTrigrams},
 };
 use crate::{
     domain::{AppId, CustomerId},
@@ -176,89 +177,126 @@ pub async fn explain_query_shapes(
     ];
 
     conn.batch_execute("RESET ROLE").await?;
-    let pattern = like_pattern(&sample.email[..sample.email.len().min(8)]);
+    let query = &sample.email[..sample.email.len().min(8)];
+    let pattern = like_pattern(query);
+    let trigrams = CommonTrigrams::load(conn).await?;
     let metadata = serde_json::json!({ "parity": "1" }).to_string();
     let position = "now() - interval '1 minute'";
-    // (name, filters as customers_page_sql takes them, whether the query
-    // is narrowed to its rarest windows as customers_page narrows it).
+    // (name, filters as customers_page_sql takes them, how the page
+    // function runs a query's page).
     let pages = [
         (
             "page, oldest first",
             "false, false, false, false, false, false, false, false",
-            false,
+            Search::WholeTerm,
         ),
         (
             "page, newest first, resumed",
             "false, false, false, false, false, false, true, true",
-            false,
+            Search::WholeTerm,
         ),
         (
             "page by email",
             "true, false, false, false, false, false, false, false",
-            false,
+            Search::WholeTerm,
         ),
         (
             "page by email, archived too",
             "true, false, false, false, false, true, false, false",
-            false,
+            Search::WholeTerm,
         ),
         (
             "page by query, whole term",
             "false, true, false, false, false, false, false, false",
-            false,
+            Search::WholeTerm,
         ),
         (
             "page by query, rarest windows",
             "false, true, false, false, false, false, false, false",
-            true,
+            Search::RarestWindows,
         ),
         (
             "page by query, rarest windows, resumed",
             "false, true, false, false, false, false, false, true",
-            true,
+            Search::RarestWindows,
+        ),
+        (
+            "page by query, the nearest rows, newest first, resumed",
+            "false, true, false, false, false, false, true, true",
+            Search::NearestRows,
+        ),
+        (
+            "page by query, past the nearest rows",
+            "false, true, false, false, false, false, false, false",
+            Search::PastTheNearestRows,
         ),
         (
             "page by metadata",
             "false, false, false, false, true, false, false, false",
-            false,
+            Search::WholeTerm,
         ),
         (
             "page by creation range",
             "false, false, true, true, false, false, false, false",
-            false,
+            Search::WholeTerm,
         ),
     ];
-    for (name, filters, narrowed) in pages {
+    for (name, filters, search) in pages {
         #[derive(QueryableByName)]
         struct Sql {
             #[diesel(sql_type = sql_types::Text)]
             sql: String,
-            #[diesel(sql_type = sql_types::Text)]
-            windows: String,
         }
-        // The windows as customers_page chooses them, and the SQL for
-        // their number.
-        let windows = if narrowed {
-            format!(
-                "customers_search_windows('email', {pattern}), \
-                 customers_search_windows('name', {pattern})",
-                pattern = quote(&pattern)
+        // The windows as the listing chooses them.
+        let (email_windows, name_windows) = if search == Search::RarestWindows {
+            (
+                trigrams.windows(Column::Email, query),
+                trigrams.windows(Column::Name, query),
             )
         } else {
-            "NULL::text[], NULL::text[]".to_owned()
+            Default::default()
         };
-        let Sql { sql, windows } = diesel::sql_query(format!(
-            "SELECT customers_page_sql({filters}, coalesce(cardinality(w.email), 0), \
-                                       coalesce(cardinality(w.name), 0)) AS sql, \
-                    format('%L, %L, %L, %L, %L, %L', w.email[1], w.email[2], w.email[3], \
-                           w.name[1], w.name[2], w.name[3]) AS windows \
-             FROM (SELECT {windows}) AS w(email, name)"
-        ))
-        .get_result(conn)
-        .await?;
+        let window = |windows: &[String], i: usize| {
+            windows
+                .get(i)
+                .map_or("NULL".to_owned(), |w| quote(&format!("%{w}%")))
+        };
+        let windows = [&email_windows, &name_windows]
+            .iter()
+            .flat_map(|windows| (0..3).map(|i| window(windows, i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The SQL, and the parameters from $9 to $15 (see the migration
+        // `search_by_rare_trigrams`).
+        let (sql, rest_types, rest) = if search == Search::NearestRows {
+            let [_, _, after, before, _, archived, descending, position] =
+                filters.split(", ").collect::<Vec<_>>()[..]
+            else {
+                unreachable!("eight filters")
+            };
+            (
+                format!(
+                    "SELECT customers_page_nearest_sql({archived}, {descending}, {after}, \
+                     {before}, {position}) AS sql"
+                ),
+                "integer, integer, text, text, text, text, text",
+                "1000, 20, NULL, NULL, NULL, NULL, NULL".to_owned(),
+            )
+        } else {
+            (
+                format!(
+                    "SELECT customers_page_sql({filters}, {}, {}) AS sql",
+                    email_windows.len(),
+                    name_windows.len()
+                ),
+                "integer, text, text, text, text, text, text",
+                format!("500, {windows}"),
+            )
+        };
+        let Sql { sql } = diesel::sql_query(sql).get_result(conn).await?;
         conn.batch_execute(&format!(
             "PREPARE page_shape (uuid, text, text, timestamptz, timestamptz, jsonb, \
-             timestamptz, uuid, integer, text, text, text, text, text, text, text) AS {sql}"
+             timestamptz, uuid, {rest_types}, text) AS {sql}"
         ))
         .await?;
         #[derive(QueryableByName)]
@@ -266,10 +304,15 @@ pub async fn explain_query_shapes(
             #[diesel(sql_type = sql_types::Text, column_name = "QUERY PLAN")]
             line: String,
         }
+        // As the page function plans a page past the nearest rows.
+        let forced = search == Search::PastTheNearestRows;
+        if forced {
+            conn.batch_execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_seqscan = off")
+                .await?;
+        }
         let plan: Vec<Line> = diesel::sql_query(format!(
             "EXPLAIN EXECUTE page_shape('{app_id}', lower({email}), {pattern}, \
-             {position}, now(), {metadata}, {position}, '{id}', 500, {windows}, \
-             lower({pattern}))",
+             {position}, now(), {metadata}, {position}, '{id}', {rest}, lower({pattern}))",
             email = quote(&sample.email),
             pattern = quote(&pattern),
             metadata = quote(&metadata),
@@ -277,11 +320,28 @@ pub async fn explain_query_shapes(
         ))
         .load(conn)
         .await?;
+        if forced {
+            conn.batch_execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_seqscan = on")
+                .await?;
+        }
         conn.batch_execute("DEALLOCATE page_shape").await?;
         let plan = plan.into_iter().map(|l| l.line).collect::<Vec<_>>();
         plans.push((format!("{name}: {sql}"), plan.join("\n")));
     }
     Ok(plans)
+}
+
+/// How `customers_page` runs a listing's page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// With its query's whole term (if any) for the trigram indexes.
+    WholeTerm,
+    /// With the query's rarest windows for them.
+    RarestWindows,
+    /// Filtering the nearest rows in order (a query it cannot narrow).
+    NearestRows,
+    /// Past those: by the trigram index, never walking the order.
+    PastTheNearestRows,
 }
 
 /// A SQL string literal.

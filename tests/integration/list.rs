@@ -7,7 +7,10 @@ use customers::{
     domain::CustomerId,
     pb::{self, list_customers_request::Order},
     service::StreamOptions,
-    storage::PoolOptions,
+    storage::{
+        PoolOptions,
+        search::{Column, CommonTrigrams},
+    },
 };
 use std::sync::atomic::Ordering;
 
@@ -300,8 +303,8 @@ async fn filters_narrow_the_stream() {
 
 /// Once the planner's statistics know which trigrams are common, a query
 /// asks the trigram index for its term's rarest windows only and checks the
-/// whole term on each row (migration `search_by_rare_trigrams`). It must
-/// find exactly what the whole term finds.
+/// whole term on each row (`storage::search`). It must find exactly what the
+/// whole term finds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
     use diesel::{QueryableByName, sql_types};
@@ -329,19 +332,11 @@ async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
     let mut conn = svc.sql().await;
     conn.batch_execute("ANALYZE customers").await.unwrap();
 
-    #[derive(QueryableByName)]
-    struct Windows {
-        #[diesel(sql_type = sql_types::Nullable<sql_types::Array<sql_types::Text>>)]
-        windows: Option<Vec<String>>,
-    }
-    let Windows { windows } =
-        diesel::sql_query("SELECT customers_search_windows('email', '%bulk1234%') AS windows")
-            .get_result(&mut conn)
-            .await
-            .unwrap();
-    let windows = windows.expect("the statistics name rare windows");
+    // The statistics leave the common trigrams out.
+    let trigrams = CommonTrigrams::load(&mut conn).await.unwrap();
+    let windows = trigrams.windows(Column::Email, "bulk1234");
     assert!(!windows.is_empty() && windows.len() <= 3, "{windows:?}");
-    for common in ["%bul%", "%ulk%"] {
+    for common in ["bul", "ulk"] {
         assert!(!windows.iter().any(|w| w == common), "{windows:?}");
     }
 
@@ -390,6 +385,135 @@ async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
         assert_eq!(found.len(), expected.len(), "{term}");
         assert_eq!(found, expected, "{term}");
     }
+    // The service searched with the same statistics: it loaded them for
+    // its first search.
+    let cached = svc.pool.cached_trigrams().expect("loaded by the searches");
+    assert_eq!(cached.windows(Column::Email, "bulk1234"), windows);
+}
+
+/// A query the index cannot narrow is first looked for among the nearest
+/// rows in the listing's order; when they hold too few matches, the page is
+/// read through the trigram index instead of walking the order. Either way
+/// the page is the one the whole term gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_finds_its_page_whether_the_matches_are_near_or_far() {
+    use diesel::{QueryableByName, sql_types};
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    let mut svc = TestService::start().await;
+    let mut conn = svc.sql().await;
+    // 3,000 old customers "far-<n>", then 3,000 newer "near-<n>": "far",
+    // "ear" and "exa" are common, so no window narrows "far-" or "near-1".
+    conn.batch_execute(
+        "INSERT INTO customers (app_id, id, email, name, create_time, update_time)
+         SELECT '00000000-0000-0000-0000-000000000000', gen_random_uuid(),
+                kind || '-' || n || '@example.com', initcap(kind) || ' ' || n,
+                now() - interval '1 day' * (CASE kind WHEN 'far' THEN 2 ELSE 1 END)
+                      + n * interval '1 second', now()
+         FROM generate_series(1, 3000) AS n, (VALUES ('far'), ('near')) AS kinds(kind);
+         ANALYZE customers",
+    )
+    .await
+    .unwrap();
+    let trigrams = CommonTrigrams::load(&mut conn).await.unwrap();
+    for term in ["far-", "near-1"] {
+        assert!(trigrams.windows(Column::Email, term).is_empty(), "{term}");
+    }
+
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    for (term, order, limit) in [
+        // Newest first: "far-" is nowhere among the nearest rows.
+        ("far-", Order::CreateTimeDesc, 20),
+        ("far-29", Order::CreateTimeDesc, 20),
+        ("far-", Order::CreateTimeDesc, 0),
+        // Among them.
+        ("near-1", Order::CreateTimeDesc, 20),
+        ("far-1", Order::CreateTimeAsc, 20),
+        ("near-", Order::CreateTimeAsc, 20),
+        ("nowhere", Order::CreateTimeAsc, 20),
+    ] {
+        let descending = order == Order::CreateTimeDesc;
+        let expected: Vec<String> = diesel::sql_query(format!(
+            "SELECT id FROM customers WHERE state = 'active' \
+             AND (email ILIKE '%' || $1 || '%' OR name ILIKE '%' || $1 || '%') \
+             ORDER BY create_time {dir}, id {dir} LIMIT {limit}",
+            dir = if descending { "DESC" } else { "ASC" },
+            limit = if limit == 0 {
+                "ALL".to_owned()
+            } else {
+                limit.to_string()
+            },
+        ))
+        .bind::<sql_types::Text, _>(term)
+        .load::<Id>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| CustomerId(row.id).to_string())
+        .collect();
+        let found: Vec<String> = list(
+            &mut svc.client,
+            pb::ListCustomersRequest {
+                query: term.into(),
+                order: order as i32,
+                limit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+        assert_eq!(found.len(), expected.len(), "{term} {order:?} {limit}");
+        assert_eq!(found, expected, "{term} {order:?} {limit}");
+    }
+    // Reading past the nearest rows leaves the planner as it was for the
+    // rest of the transaction (the provider ids are read after the page).
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = sql_types::BigInt)]
+        found: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Settings {
+        #[diesel(sql_type = sql_types::Text)]
+        index_scans: String,
+        #[diesel(sql_type = sql_types::Text)]
+        sequential_scans: String,
+    }
+    conn.batch_execute(
+        "BEGIN; SET LOCAL customers.app_id = '00000000-0000-0000-0000-000000000000'",
+    )
+    .await
+    .unwrap();
+    let Found { found } = diesel::sql_query(
+        "SELECT count(*) AS found FROM customers_page(NULL, '%far-%', NULL, NULL, NULL, false, \
+         true, NULL, NULL, 20, NULL, NULL)",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    let settings: Settings = diesel::sql_query(
+        "SELECT current_setting('enable_indexscan') AS index_scans, \
+                current_setting('enable_seqscan') AS sequential_scans",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    conn.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(found, 20);
+    assert_eq!(
+        (
+            settings.index_scans.as_str(),
+            settings.sequential_scans.as_str()
+        ),
+        ("on", "on")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
