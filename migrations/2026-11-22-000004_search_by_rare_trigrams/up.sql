@@ -164,7 +164,9 @@ DECLARE
     term text := lower(p_query);
     email_windows text[];
     name_windows text[];
-    nearest customers[];
+    nearest_sql text;
+    nearest_limit integer;
+    nearest bigint;
     index_scans text;
     sequential_scans text;
 BEGIN
@@ -184,20 +186,24 @@ BEGIN
     -- customers_page_nearest_sql).
     IF term IS NOT NULL AND (email_windows IS NULL OR name_windows IS NULL)
        AND p_email IS NULL AND p_metadata IS NULL AND p_limit > 0 THEN
-        EXECUTE 'SELECT array_agg(page) FROM ('
-                || customers_page_nearest_sql(p_include_archived, p_descending,
-                                              p_created_after IS NOT NULL,
-                                              p_created_before IS NOT NULL,
-                                              p_after_time IS NOT NULL)
-                || ') AS page'
+        nearest_sql := customers_page_nearest_sql(p_include_archived, p_descending,
+                                                  p_created_after IS NOT NULL,
+                                                  p_created_before IS NOT NULL,
+                                                  p_after_time IS NOT NULL);
+        nearest_limit := least(greatest(1000, 10 * p_limit), 10000);
+        -- Counted first, then returned: rows returned cannot be taken back.
+        EXECUTE 'SELECT count(*) FROM (' || nearest_sql || ') AS page'
         INTO nearest
         USING app, NULL::text, NULL::text, p_created_after, p_created_before, NULL::jsonb,
-              p_after_time, p_after_id, least(greatest(1000, 10 * p_limit), 10000), p_limit,
+              p_after_time, p_after_id, nearest_limit, p_limit,
               NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, term;
-        IF coalesce(cardinality(nearest), 0) >= p_limit THEN
-            RETURN QUERY SELECT * FROM unnest(nearest);
+        IF nearest >= p_limit THEN
+            RETURN QUERY EXECUTE nearest_sql
+            USING app, NULL::text, NULL::text, p_created_after, p_created_before, NULL::jsonb,
+                  p_after_time, p_after_id, nearest_limit, p_limit,
+                  NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, term;
             RETURN;
-        ELSIF coalesce(cardinality(nearest), 0) < p_limit / 2.0 THEN
+        ELSIF nearest < p_limit / 2.0 THEN
             index_scans := current_setting('enable_indexscan');
             sequential_scans := current_setting('enable_seqscan');
             PERFORM set_config('enable_indexscan', 'off', true),
