@@ -335,9 +335,15 @@ async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
     // The statistics leave the common trigrams out.
     let trigrams = CommonTrigrams::load(&mut conn).await.unwrap();
     let windows = trigrams.windows(Column::Email, "bulk1234");
-    assert!(!windows.is_empty() && windows.len() <= 3, "{windows:?}");
-    for common in ["bul", "ulk"] {
-        assert!(!windows.iter().any(|w| w == common), "{windows:?}");
+    if citus_workers().is_empty() {
+        assert!(!windows.is_empty() && windows.len() <= 3, "{windows:?}");
+        for common in ["bul", "ulk"] {
+            assert!(!windows.iter().any(|w| w == common), "{windows:?}");
+        }
+    } else {
+        // A Citus coordinator has no statistics of its own (its shards do):
+        // whole terms there.
+        assert!(trigrams.is_empty(), "{trigrams:?}");
     }
 
     #[derive(QueryableByName)]

@@ -55,8 +55,13 @@ async fn every_query_shape_uses_an_index_under_row_level_security() {
         .unwrap();
     assert!(plans.len() >= 14, "{plans:?}");
     // The statistics know "bulk" is in every row and "sample" in none: the
-    // narrowed shapes ask the index for the rare windows only.
-    for (shape, _) in plans.iter().filter(|(s, _)| s.contains("rarest windows")) {
+    // narrowed shapes ask the index for the rare windows only (not on
+    // Citus, whose coordinator has no statistics of its own).
+    let narrowed = citus_workers().is_empty();
+    for (shape, _) in plans
+        .iter()
+        .filter(|(s, _)| narrowed && s.contains("rarest windows"))
+    {
         assert!(
             shape.contains("email ILIKE $10") && shape.contains("email_lower LIKE $16"),
             "{shape}"
