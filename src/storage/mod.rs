@@ -179,7 +179,8 @@ impl Pool {
     /// first caller to notice loads them again in its own read (one more
     /// round trip, once a minute per replica) while the others go on with
     /// the old ones; none at all until the first load has ended. A load
-    /// that fails is logged and tried again a minute later.
+    /// that fails is logged and tried again a minute later (one that this
+    /// call's own cancellation or deadline ended, by the next search).
     pub async fn common_trigrams(
         &self,
         ctx: &RequestContext,
@@ -202,10 +203,16 @@ impl Pool {
             })
         }
         .await;
-        if let Err(error) = &loaded {
-            tracing::warn!(%error, "loading the search statistics failed; searching by whole terms");
+        match loaded {
+            Ok(loaded) => self.search.store(Some(loaded)),
+            // This call's own end (its caller gone, its deadline passed):
+            // the next search loads them.
+            Err(Error::Cancelled | Error::DeadlineExceeded) => stale.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "loading the search statistics failed; searching by whole terms");
+                self.search.store(None)
+            }
         }
-        self.search.store(loaded.ok())
     }
 
     /// The search statistics this replica holds, fresh or not, without

@@ -301,14 +301,60 @@ async fn filters_narrow_the_stream() {
     }
 }
 
+/// The ids of the active customers whose email or name contains the
+/// request's whole query, in its order and limit, read as the tables' owner.
+async fn whole_term_matches(
+    conn: &mut diesel_async::AsyncPgConnection,
+    request: &pb::ListCustomersRequest,
+) -> Vec<String> {
+    use diesel::{QueryableByName, sql_types};
+    use diesel_async::RunQueryDsl;
+
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    let direction = if request.order == Order::CreateTimeDesc as i32 {
+        "DESC"
+    } else {
+        "ASC"
+    };
+    let limit = match request.limit {
+        0 => "ALL".to_owned(),
+        n => n.to_string(),
+    };
+    diesel::sql_query(format!(
+        "SELECT id FROM customers WHERE state = 'active' \
+         AND (email ILIKE '%' || $1 || '%' OR name ILIKE '%' || $1 || '%') \
+         ORDER BY create_time {direction}, id {direction} LIMIT {limit}"
+    ))
+    .bind::<sql_types::Text, _>(&request.query)
+    .load::<Id>(conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| CustomerId(row.id).to_string())
+    .collect()
+}
+
+/// The ids a listing streams.
+async fn listed_ids(client: &mut Client, request: pb::ListCustomersRequest) -> Vec<String> {
+    list(client, request)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 /// Once the planner's statistics know which trigrams are common, a query
 /// asks the trigram index for its term's rarest windows only and checks the
 /// whole term on each row (`storage::search`). It must find exactly what the
 /// whole term finds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
-    use diesel::{QueryableByName, sql_types};
-    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    use diesel_async::SimpleAsyncConnection;
 
     let mut svc = TestService::start().await;
     // bulk<n>@example.com, "Bulk <n>": "bul", "ulk", "exa", "com" are in
@@ -346,11 +392,6 @@ async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
         assert!(trigrams.is_empty(), "{trigrams:?}");
     }
 
-    #[derive(QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = sql_types::Uuid)]
-        id: uuid::Uuid,
-    }
     for term in [
         "bulk1234",
         "BULK1234",
@@ -363,31 +404,12 @@ async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
         "mple.com",
         "no such term",
     ] {
-        // What the whole term matches, read as the tables' owner.
-        let expected: Vec<String> = diesel::sql_query(
-            "SELECT id FROM customers WHERE state = 'active' \
-             AND (email ILIKE '%' || $1 || '%' OR name ILIKE '%' || $1 || '%') \
-             ORDER BY create_time, id",
-        )
-        .bind::<sql_types::Text, _>(term)
-        .load::<Id>(&mut conn)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|row| CustomerId(row.id).to_string())
-        .collect();
-        let found: Vec<String> = list(
-            &mut svc.client,
-            pb::ListCustomersRequest {
-                query: term.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+        let request = pb::ListCustomersRequest {
+            query: term.into(),
+            ..Default::default()
+        };
+        let expected = whole_term_matches(&mut conn, &request).await;
+        let found = listed_ids(&mut svc.client, request).await;
         assert_eq!(found.len(), expected.len(), "{term}");
         assert_eq!(found, expected, "{term}");
     }
@@ -426,11 +448,6 @@ async fn a_search_finds_its_page_whether_the_matches_are_near_or_far() {
         assert!(trigrams.windows(Column::Email, term).is_empty(), "{term}");
     }
 
-    #[derive(QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = sql_types::Uuid)]
-        id: uuid::Uuid,
-    }
     for (term, order, limit) in [
         // Newest first: "far-" is nowhere among the nearest rows.
         ("far-", Order::CreateTimeDesc, 20),
@@ -442,39 +459,14 @@ async fn a_search_finds_its_page_whether_the_matches_are_near_or_far() {
         ("near-", Order::CreateTimeAsc, 20),
         ("nowhere", Order::CreateTimeAsc, 20),
     ] {
-        let descending = order == Order::CreateTimeDesc;
-        let expected: Vec<String> = diesel::sql_query(format!(
-            "SELECT id FROM customers WHERE state = 'active' \
-             AND (email ILIKE '%' || $1 || '%' OR name ILIKE '%' || $1 || '%') \
-             ORDER BY create_time {dir}, id {dir} LIMIT {limit}",
-            dir = if descending { "DESC" } else { "ASC" },
-            limit = if limit == 0 {
-                "ALL".to_owned()
-            } else {
-                limit.to_string()
-            },
-        ))
-        .bind::<sql_types::Text, _>(term)
-        .load::<Id>(&mut conn)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|row| CustomerId(row.id).to_string())
-        .collect();
-        let found: Vec<String> = list(
-            &mut svc.client,
-            pb::ListCustomersRequest {
-                query: term.into(),
-                order: order as i32,
-                limit,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
+        let request = pb::ListCustomersRequest {
+            query: term.into(),
+            order: order as i32,
+            limit,
+            ..Default::default()
+        };
+        let expected = whole_term_matches(&mut conn, &request).await;
+        let found = listed_ids(&mut svc.client, request).await;
         assert_eq!(found.len(), expected.len(), "{term} {order:?} {limit}");
         assert_eq!(found, expected, "{term} {order:?} {limit}");
     }
