@@ -920,16 +920,15 @@ pub async fn list_batch(
         .transpose()
         .map_err(Error::internal)?;
     // A query's rarest windows for the trigram indexes (see `search`).
-    let trigrams = match &filter.query {
-        Some(_) => Some(pool.common_trigrams(ctx, cancel).await),
-        None => None,
-    };
-    let windows = |column| {
-        filter
-            .query
-            .as_deref()
-            .zip(trigrams.as_deref())
-            .map(|(query, trigrams)| trigrams.windows(column, query))
+    let (email_windows, name_windows) = match &filter.query {
+        Some(query) => {
+            let trigrams = pool.common_trigrams(ctx, cancel).await;
+            (
+                Some(trigrams.windows(Column::Email, query)),
+                Some(trigrams.windows(Column::Name, query)),
+            )
+        }
+        None => (None, None),
     };
     // The page function (see its migrations) builds the keyset query for
     // these filters and runs it for the transaction's app: the trigram and
@@ -948,8 +947,8 @@ pub async fn list_batch(
         .bind::<Nullable<Timestamptz>, _>(after.map(|(time, _)| time))
         .bind::<Nullable<SqlUuid>, _>(after.map(|(_, id)| id))
         .bind::<Integer, _>(i32::try_from(limit).unwrap_or(i32::MAX))
-        .bind::<Nullable<Array<Text>>, _>(windows(Column::Email))
-        .bind::<Nullable<Array<Text>>, _>(windows(Column::Name)),
+        .bind::<Nullable<Array<Text>>, _>(email_windows)
+        .bind::<Nullable<Array<Text>>, _>(name_windows),
     );
 
     read!(pool, ctx, cancel, |conn| {

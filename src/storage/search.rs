@@ -134,8 +134,7 @@ pub(super) struct SearchStatistics {
 }
 
 impl SearchStatistics {
-    /// The statistics if fresh, or `None` with whether this caller should
-    /// load them (no one else is).
+    /// The statistics if fresh; else the stale ones, if any were loaded.
     pub(super) fn fresh(&self) -> Result<Arc<CommonTrigrams>, Option<Arc<CommonTrigrams>>> {
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match &*current {
@@ -145,6 +144,7 @@ impl SearchStatistics {
         }
     }
 
+    /// The right to load them, unless another caller is loading them.
     pub(super) fn try_loading(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         self.loading.try_lock().ok()
     }

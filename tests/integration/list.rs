@@ -417,6 +417,38 @@ async fn a_search_narrowed_to_rare_trigrams_finds_what_the_whole_term_finds() {
     // its first search.
     let cached = svc.pool.cached_trigrams().expect("loaded by the searches");
     assert_eq!(cached.windows(Column::Email, "bulk1234"), windows);
+
+    // The page function uses only windows of three letters or digits found
+    // in the term: any other given to it (not in the term, a wildcard, too
+    // short) is left out, and loses no row.
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    conn.batch_execute(
+        "BEGIN; SET LOCAL customers.app_id = '00000000-0000-0000-0000-000000000000'",
+    )
+    .await
+    .unwrap();
+    let paged: Vec<String> = diesel_async::RunQueryDsl::load::<Id>(
+        diesel::sql_query(
+            "SELECT id FROM customers_page(NULL, '%bulk1234%', NULL, NULL, NULL, false, false, \
+             NULL, NULL, 1000, ARRAY['zzz', '%', 'bu', '123'], ARRAY['999', 'k12'])",
+        ),
+        &mut conn,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| CustomerId(row.id).to_string())
+    .collect();
+    conn.batch_execute("COMMIT").await.unwrap();
+    let request = pb::ListCustomersRequest {
+        query: "bulk1234".into(),
+        ..Default::default()
+    };
+    assert_eq!(paged, whole_term_matches(&mut conn, &request).await);
 }
 
 /// A query the index cannot narrow is first looked for among the nearest
