@@ -18,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fds.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
+        // Maps as `BTreeMap`: the domain keeps metadata and provider ids
+        // ordered, so a message takes them as they are, with no hashing per
+        // key (and its maps encode in a stable order).
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

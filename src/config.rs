@@ -125,8 +125,9 @@ pub struct ServeConfig {
     #[arg(long, env = "CUSTOMERS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Rows ListCustomers reads per query.
-    #[arg(long, env = "CUSTOMERS_STREAM_BATCH_SIZE", default_value_t = 500,
+    /// Rows ListCustomers reads per query (fewer when the buffer holds
+    /// fewer: see `stream_buffer_bytes`).
+    #[arg(long, env = "CUSTOMERS_STREAM_BATCH_SIZE", default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stream_batch_size: u32,
 

@@ -566,8 +566,8 @@ fn pairs(
     field: &str,
     text: &str,
     violations: &mut Vec<FieldViolation>,
-) -> std::collections::HashMap<String, String> {
-    let mut map = std::collections::HashMap::new();
+) -> std::collections::BTreeMap<String, String> {
+    let mut map = std::collections::BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;

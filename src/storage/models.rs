@@ -3,7 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
+use diesel::{
+    deserialize::{self, FromSql, FromSqlRow},
+    pg::{Pg, PgValue},
+    prelude::*,
+    sql_types::Jsonb,
+};
 use uuid::Uuid;
 
 use super::schema::{customer_provider_ids, customers};
@@ -11,6 +16,24 @@ use crate::{
     domain::{Address, AppId, Customer, CustomerFields, CustomerId, State, ValidFields},
     error::Error,
 };
+
+/// A `jsonb` object of strings (a customer's metadata), read straight from
+/// PostgreSQL's binary form into the map, with no `serde_json::Value` in
+/// between: a listing reads one per row. As JSON (an event's customer), the
+/// plain object.
+#[derive(Debug, Clone, Default, PartialEq, FromSqlRow, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StringMap(pub BTreeMap<String, String>);
+
+impl FromSql<Jsonb, Pg> for StringMap {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        // Binary jsonb is a version byte (1) and the JSON text.
+        match value.as_bytes().split_first() {
+            Some((1, json)) => Ok(Self(serde_json::from_slice(json)?)),
+            _ => Err("unsupported jsonb encoding version".into()),
+        }
+    }
+}
 
 /// A customer's row. Also the stored form of an event's customer (as JSON,
 /// with its provider ids beside it).
@@ -31,7 +54,7 @@ pub struct CustomerRow {
     pub address_postal_code: Option<String>,
     pub address_country: Option<String>,
     pub timezone: Option<String>,
-    pub metadata: serde_json::Value,
+    pub metadata: StringMap,
     pub state: String,
     pub revision: i64,
     pub create_time: DateTime<Utc>,
@@ -78,7 +101,7 @@ impl CustomerRow {
             address_postal_code: address.postal_code.clone(),
             address_country: address.country.clone(),
             timezone: timezone.clone(),
-            metadata: serde_json::to_value(metadata).unwrap_or_default(),
+            metadata: StringMap(metadata.clone()),
             state: state.as_str().to_owned(),
             revision: *revision,
             create_time: *create_time,
@@ -114,9 +137,6 @@ impl CustomerRow {
         } = self;
         let state = State::from_db(&state)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown state {state:?}")))?;
-        let metadata = serde_json::from_value(metadata).map_err(|e| {
-            Error::internal(anyhow::Error::new(e).context("metadata is not a string map"))
-        })?;
         Ok(Customer {
             id: CustomerId::from_uuid(id),
             state,
@@ -134,7 +154,7 @@ impl CustomerRow {
                     country: address_country,
                 },
                 timezone,
-                metadata,
+                metadata: metadata.0,
                 provider_ids,
             },
             revision,

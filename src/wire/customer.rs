@@ -114,8 +114,8 @@ impl From<pb::Customer> for CustomerFields {
             phone: non_empty(phone),
             address: address.map(Into::into).unwrap_or_default(),
             timezone: non_empty(timezone),
-            metadata: metadata.into_iter().collect(),
-            provider_ids: provider_ids.into_iter().collect(),
+            metadata,
+            provider_ids,
         }
     }
 }
@@ -162,8 +162,8 @@ impl From<Customer> for pb::Customer {
             phone: phone.unwrap_or_default(),
             address,
             timezone: timezone.unwrap_or_default(),
-            metadata: metadata.into_iter().collect(),
-            provider_ids: provider_ids.into_iter().collect(),
+            metadata,
+            provider_ids,
             state: pb::customer::State::from(state).into(),
             create_time: Some(timestamp(create_time)),
             update_time: Some(timestamp(update_time)),

@@ -207,7 +207,7 @@ impl Rng {
         s
     }
 
-    fn map(&mut self) -> std::collections::HashMap<String, String> {
+    fn map(&mut self) -> std::collections::BTreeMap<String, String> {
         (0..self.below(4))
             .map(|_| (self.string(), self.string()))
             .collect()

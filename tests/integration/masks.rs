@@ -3,7 +3,7 @@
 //! semantics promise, computed here by a model written from the proto's
 //! comment alone (not from the service's code).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use customers::pb;
 use proptest::{
@@ -110,14 +110,14 @@ fn start(n: u64) -> pb::Customer {
 
 /// The request of a case (unique keys get `n` in them).
 fn request(case: &Case, n: u64) -> pb::Customer {
-    let mut metadata = HashMap::new();
+    let mut metadata = BTreeMap::new();
     if let Some(plan) = case.plan {
         metadata.insert("plan".to_owned(), plan.to_owned());
     }
     if let Some(seats) = case.seats {
         metadata.insert("seats".to_owned(), seats.to_owned());
     }
-    let mut provider_ids = HashMap::new();
+    let mut provider_ids = BTreeMap::new();
     if case.stripe {
         provider_ids.insert("stripe".to_owned(), format!("cus_new{n}"));
     }
