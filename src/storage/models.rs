@@ -293,3 +293,38 @@ pub fn group_provider_ids(
     }
     grouped
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use diesel::{deserialize::FromSql, pg::PgValue, sql_types::Jsonb};
+
+    use super::StringMap;
+
+    fn read(bytes: &[u8]) -> diesel::deserialize::Result<StringMap> {
+        let jsonb = || NonZeroU32::new(3802).expect("jsonb's oid");
+        <StringMap as FromSql<Jsonb, diesel::pg::Pg>>::from_sql(PgValue::new(bytes, &jsonb))
+    }
+
+    #[test]
+    fn metadata_is_read_from_binary_jsonb() {
+        let map = read(b"\x01{\"plan\": \"pro\", \"a\": \"\\u00e9\"}").expect("a string map");
+        let pairs: Vec<_> = map
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(pairs, [("a", "é"), ("plan", "pro")]);
+        // Another version of the binary form, or a value that is not a map
+        // of strings, is an error rather than an empty map.
+        assert!(read(b"\x02{}").is_err());
+        assert!(read(b"").is_err());
+        assert!(read(b"\x01{\"seats\": 3}").is_err());
+        // As JSON (an event's customer), the plain object.
+        assert_eq!(
+            serde_json::to_string(&map).unwrap(),
+            r#"{"a":"é","plan":"pro"}"#
+        );
+    }
+}
