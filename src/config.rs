@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     domain::{AppId, KeyId},
+    service::StreamOptions,
     storage::PoolOptions,
 };
 
@@ -127,13 +128,13 @@ pub struct ServeConfig {
 
     /// Rows ListCustomers reads per query (fewer when the buffer holds
     /// fewer: see `stream_buffer_bytes`).
-    #[arg(long, env = "CUSTOMERS_STREAM_BATCH_SIZE", default_value_t = 2000,
+    #[arg(long, env = "CUSTOMERS_STREAM_BATCH_SIZE", default_value_t = StreamOptions::DEFAULT_BATCH_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stream_batch_size: u32,
 
     /// Most bytes of customers one ListCustomers stream buffers for a client
     /// that reads slowly.
-    #[arg(long, env = "CUSTOMERS_STREAM_BUFFER_BYTES", default_value_t = 1 << 20,
+    #[arg(long, env = "CUSTOMERS_STREAM_BUFFER_BYTES", default_value_t = StreamOptions::DEFAULT_BUFFER_BYTES,
           value_parser = clap::value_parser!(u32).range(4096..))]
     pub stream_buffer_bytes: u32,
 

@@ -53,16 +53,22 @@ pub struct StreamOptions {
     pub stall_timeout: Duration,
 }
 
+impl StreamOptions {
+    /// Rows per keyset query unless configured. Each query costs PostgreSQL
+    /// a plan and the transaction's statements: at 2,000 rows a listing of a
+    /// million customers spent a fifth less of PostgreSQL's CPU than at 500
+    /// (README, Performance). The byte budget still bounds a batch.
+    pub const DEFAULT_BATCH_SIZE: u32 = 2000;
+    /// The byte budget of a stream unless configured.
+    pub const DEFAULT_BUFFER_BYTES: u32 = 1 << 20;
+}
+
 impl Default for StreamOptions {
     fn default() -> Self {
         Self {
-            // Each query costs PostgreSQL a plan and the transaction's
-            // statements: at 2,000 rows a listing of a million customers
-            // spent a fifth less of PostgreSQL's CPU than at 500 (README,
-            // Performance). The byte budget still bounds a batch.
-            batch_size: 2000,
+            batch_size: Self::DEFAULT_BATCH_SIZE as usize,
             max_per_app: NonZeroU32::new(16),
-            buffer_bytes: 1 << 20,
+            buffer_bytes: Self::DEFAULT_BUFFER_BYTES as usize,
             stall_timeout: Duration::from_secs(60),
         }
     }
