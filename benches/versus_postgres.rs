@@ -23,9 +23,16 @@
 //! Listing every customer is compared with a binary `COPY` of the same rows
 //! in the same order, in rows/s.
 //!
+//! Beside each throughput: latency percentiles (pgbench's from its log of a
+//! sample of its transactions), the service's CPU time per call, and the
+//! CPU time of every PostgreSQL process per call, while the service ran and
+//! while pgbench ran: what the service's transaction costs the database
+//! next to the minimal SQL. The WAL written per call is in the notes.
+//!
 //! ```sh
 //! cargo bench --bench versus_postgres          # 1,000,000 customers, 10 s per operation
 //! BENCH_CUSTOMERS=100000 BENCH_SECONDS=5 cargo bench --bench versus_postgres   # a quick run
+//! BENCH_ONLY=create,update cargo bench --bench versus_postgres   # some operations only
 //! ```
 //!
 //! Everything shares one machine: the callers, the service, PostgreSQL and
@@ -47,7 +54,7 @@ use std::{
 
 use common::{
     Auth, Server, authorized, cpu_time, default_app_key, on_durable_cluster, owner_connection,
-    rss_kib,
+    postgres_cpu_time, rss_kib,
     seed::{APP, customer_id, id_sql, seed},
     spawn_service,
 };
@@ -92,9 +99,20 @@ struct Settings {
     customers: u64,
     /// `BENCH_SECONDS`: length of each measurement (default 10).
     seconds: u64,
+    /// `BENCH_ONLY`: the operations to measure, as a comma-separated list
+    /// of keys (`get,get-external,list,search,create,create-email,
+    /// create-external,update`); all when unset.
+    only: Option<Vec<String>>,
 }
 
 impl Settings {
+    /// Whether the operation with this key is measured.
+    fn runs(&self, key: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|k| k == key))
+    }
+
     fn from_env() -> anyhow::Result<Self> {
         let number = |name: &str, default: u64| -> anyhow::Result<u64> {
             match std::env::var(name) {
@@ -109,7 +127,21 @@ impl Settings {
         let settings = Self {
             customers: number("BENCH_CUSTOMERS", 1_000_000)?,
             seconds: number("BENCH_SECONDS", 10)?,
+            only: std::env::var("BENCH_ONLY").ok().map(|list| {
+                list.split(',')
+                    .map(|key| key.trim().to_owned())
+                    .filter(|key| !key.is_empty())
+                    .collect()
+            }),
         };
+        if let Some(only) = &settings.only {
+            for key in only {
+                anyhow::ensure!(
+                    key == LIST_KEY || Call::ALL.iter().any(|call| call.key() == key),
+                    "BENCH_ONLY: unknown operation {key:?}"
+                );
+            }
+        }
         anyhow::ensure!(
             settings.customers >= 1000,
             "BENCH_CUSTOMERS must be at least 1000"
@@ -166,6 +198,7 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
         duration: Duration::from_secs(settings.seconds),
         pgbench: PgBench::new(&url, dir, settings.seconds)?,
         service_pid: server.0.id(),
+        db: owner_connection(&url).await?,
     };
     println!(
         "Service: {CALLERS} callers over {CHANNELS} connections, {} s per operation; \
@@ -178,9 +211,13 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for call in [Call::GetById, Call::GetByExternalId] {
-        rows.push(bench.compare(call, &mut notes).await?);
+        if settings.runs(call.key()) {
+            rows.push(bench.compare(call, &mut notes).await?);
+        }
     }
-    rows.push(bench.list_everything(&db, &mut notes).await?);
+    if settings.runs(LIST_KEY) {
+        rows.push(bench.list_everything(&db, &mut notes).await?);
+    }
     for call in [
         Call::Search,
         Call::CreateNew,
@@ -188,7 +225,9 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
         Call::CreateByExternalId,
         Call::Update,
     ] {
-        rows.push(bench.compare(call, &mut notes).await?);
+        if settings.runs(call.key()) {
+            rows.push(bench.compare(call, &mut notes).await?);
+        }
     }
     let peak = rss_kib(server.0.id(), "VmHWM")?;
     drop(server);
@@ -287,7 +326,33 @@ enum Call {
 /// Makes every new email and every new name unique within the run.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// `BENCH_ONLY`'s key for listing every customer.
+const LIST_KEY: &str = "list";
+
 impl Call {
+    const ALL: [Call; 7] = [
+        Call::GetById,
+        Call::GetByExternalId,
+        Call::Search,
+        Call::CreateNew,
+        Call::CreateByEmail,
+        Call::CreateByExternalId,
+        Call::Update,
+    ];
+
+    /// The operation's key in `BENCH_ONLY`.
+    fn key(self) -> &'static str {
+        match self {
+            Call::GetById => "get",
+            Call::GetByExternalId => "get-external",
+            Call::Search => "search",
+            Call::CreateNew => "create",
+            Call::CreateByEmail => "create-email",
+            Call::CreateByExternalId => "create-external",
+            Call::Update => "update",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Call::GetById => "GetCustomer by id",
@@ -512,6 +577,41 @@ struct Bench {
     pgbench: PgBench,
     /// The service's process, whose CPU time is counted.
     service_pid: u32,
+    /// The tables' owner, for the WAL statistics.
+    db: tokio_postgres::Client,
+}
+
+/// The cluster's WAL written so far (`pg_stat_wal`): every process's, the
+/// checkpointer's and autovacuum's included.
+#[derive(Clone, Copy)]
+struct Wal {
+    bytes: f64,
+    full_page_images: f64,
+}
+
+impl Wal {
+    async fn now(db: &tokio_postgres::Client) -> anyhow::Result<Self> {
+        let row = db
+            .query_one(
+                "SELECT wal_bytes::float8, wal_fpi::float8 FROM pg_stat_wal",
+                &[],
+            )
+            .await?;
+        Ok(Self {
+            bytes: row.get(0),
+            full_page_images: row.get(1),
+        })
+    }
+
+    /// The WAL written from `self` to `later`, per call, as a phrase.
+    fn per_call(self, later: Wal, calls: f64) -> String {
+        let calls = calls.max(1.0);
+        format!(
+            "{:.1} kB ({:.1} full-page images)",
+            (later.bytes - self.bytes) / calls / 1000.0,
+            (later.full_page_images - self.full_page_images) / calls
+        )
+    }
 }
 
 /// One line of the table.
@@ -525,14 +625,22 @@ struct Row {
     errors: u64,
     /// CPU time of the service's process per call (or per row), in µs.
     service_cpu_us: f64,
+    /// PostgreSQL's CPU time per call (or per row) while the service ran.
+    service_pg_cpu_us: f64,
     /// pgbench's tps (or COPY's rows/s); `None` when it failed.
     postgres: Option<f64>,
-    /// pgbench's latency average.
-    postgres_ms: Option<f64>,
+    /// pgbench's latency percentiles (from its sampled transaction log).
+    postgres_p50_ms: Option<f64>,
+    postgres_p99_ms: Option<f64>,
+    /// PostgreSQL's CPU time per transaction (or per row) under pgbench
+    /// (or the COPY).
+    postgres_cpu_us: Option<f64>,
 }
 
 /// What the service's callers achieved.
 struct Measured {
+    /// Calls made, errors included.
+    calls: f64,
     calls_per_s: f64,
     /// Latency percentiles of the successful calls; `None` if there were
     /// none.
@@ -542,13 +650,17 @@ struct Measured {
     first_error: Option<String>,
     /// CPU time of the service's process per call, errors included.
     cpu_us_per_call: f64,
+    /// CPU time of PostgreSQL's processes per call, errors included.
+    pg_cpu_us_per_call: f64,
 }
 
 impl Bench {
     /// The service's figures for `call` (after a warm-up), then pgbench's.
     async fn compare(&self, call: Call, notes: &mut Vec<String>) -> anyhow::Result<Row> {
         self.measure(call, WARM_UP).await?;
+        let wal_before = Wal::now(&self.db).await?;
         let service = self.measure(call, self.duration).await?;
+        let wal_between = Wal::now(&self.db).await?;
         if let Some(error) = &service.first_error {
             notes.push(format!(
                 "{}: {} errors; the first: {error}",
@@ -560,6 +672,13 @@ impl Bench {
             .pgbench
             .run(&call.script(self.customers), call.pgoptions().as_deref())
             .await?;
+        let wal_after = Wal::now(&self.db).await?;
+        notes.push(format!(
+            "{}: WAL per call: service {}, pgbench {}",
+            call.name(),
+            wal_before.per_call(wal_between, service.calls),
+            wal_between.per_call(wal_after, postgres.transactions.unwrap_or(0.0))
+        ));
         if let Some(failure) = &postgres.failure {
             notes.push(format!("{}: pgbench: {failure}", call.name()));
         }
@@ -580,8 +699,11 @@ impl Bench {
             p99_ms: service.p99_ms,
             errors: service.errors,
             service_cpu_us: service.cpu_us_per_call,
+            service_pg_cpu_us: service.pg_cpu_us_per_call,
             postgres: postgres.tps,
-            postgres_ms: postgres.latency_ms,
+            postgres_p50_ms: postgres.p50_ms,
+            postgres_p99_ms: postgres.p99_ms,
+            postgres_cpu_us: postgres.cpu_us,
         })
     }
 
@@ -589,6 +711,7 @@ impl Bench {
     /// back to back until `duration` has passed.
     async fn measure(&self, call: Call, duration: Duration) -> anyhow::Result<Measured> {
         let cpu_before = cpu_time(self.service_pid)?;
+        let pg_cpu_before = postgres_cpu_time()?;
         let started = Instant::now();
         let deadline = started + duration;
         let mut tasks = Vec::new();
@@ -633,6 +756,7 @@ impl Bench {
         // over the whole time taken.
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = cpu_time(self.service_pid)? - cpu_before;
+        let pg_cpu = postgres_cpu_time()? - pg_cpu_before;
         let calls = latencies_ms.len() as u64 + errors;
         latencies_ms.sort_by(f64::total_cmp);
         let at = |q: f64| match latencies_ms.len() {
@@ -640,12 +764,14 @@ impl Bench {
             len => Some(latencies_ms[((len - 1) as f64 * q) as usize]),
         };
         Ok(Measured {
+            calls: calls as f64,
             calls_per_s: latencies_ms.len() as f64 / elapsed,
             p50_ms: at(0.5),
             p99_ms: at(0.99),
             errors,
             first_error,
             cpu_us_per_call: cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
+            pg_cpu_us_per_call: pg_cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
         })
     }
 
@@ -668,6 +794,7 @@ impl Bench {
         let expected = expected as u64;
 
         let cpu_before = cpu_time(self.service_pid)?;
+        let pg_cpu_before = postgres_cpu_time()?;
         let started = Instant::now();
         let mut received = 0u64;
         let mut error = None;
@@ -690,6 +817,7 @@ impl Bench {
         }
         let service_elapsed = started.elapsed().as_secs_f64();
         let cpu = cpu_time(self.service_pid)? - cpu_before;
+        let pg_cpu = postgres_cpu_time()? - pg_cpu_before;
         if error.is_none() && received != expected {
             error = Some(format!("streamed {received} of {expected} customers"));
         }
@@ -699,6 +827,7 @@ impl Bench {
 
         // The COPY's bytes are read and dropped, as the stream's messages
         // are.
+        let copy_cpu_before = postgres_cpu_time()?;
         let started = Instant::now();
         let copy = db
             .copy_out(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"))
@@ -709,6 +838,7 @@ impl Bench {
             bytes += chunk?.len();
         }
         let copy_elapsed = started.elapsed().as_secs_f64();
+        let copy_cpu = postgres_cpu_time()? - copy_cpu_before;
         notes.push(format!(
             "{NAME}: {received} customers streamed in {service_elapsed:.2} s; \
              COPY of {expected} rows ({} MiB) in {copy_elapsed:.2} s",
@@ -727,8 +857,11 @@ impl Bench {
             p99_ms: None,
             errors: u64::from(error.is_some()),
             service_cpu_us: cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
+            service_pg_cpu_us: pg_cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
             postgres: Some(expected as f64 / copy_elapsed),
-            postgres_ms: None,
+            postgres_p50_ms: None,
+            postgres_p99_ms: None,
+            postgres_cpu_us: Some(copy_cpu.as_secs_f64() * 1e6 / expected.max(1) as f64),
         })
     }
 }
@@ -749,10 +882,21 @@ struct PgBench {
     seconds: u64,
 }
 
+/// pgbench's transaction logs: `<dir>/<LOG_PREFIX>.<pid>[.<thread>]`.
+const LOG_PREFIX: &str = "pgbench-log";
+/// The share of transactions pgbench logs.
+const LOG_SAMPLING: f64 = 0.2;
+
 /// What one pgbench run reported.
 struct PgBenchResult {
     tps: Option<f64>,
-    latency_ms: Option<f64>,
+    /// Transactions run.
+    transactions: Option<f64>,
+    /// Latency percentiles of the sampled transactions.
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    /// PostgreSQL's CPU time per transaction.
+    cpu_us: Option<f64>,
     /// Why the run did not go cleanly (exit status, failed transactions).
     failure: Option<String>,
 }
@@ -789,7 +933,38 @@ impl PgBench {
             "2".into(),
             "-T".into(),
             self.seconds.to_string(),
+            // Every fifth transaction's latency, for the percentiles.
+            "--log".into(),
+            format!("--sampling-rate={LOG_SAMPLING}"),
         ]
+    }
+
+    /// The latencies (ms) in the transaction logs of the last run, whose
+    /// files are removed. A line is `client transaction latency_us script
+    /// epoch_s epoch_us`.
+    fn take_logged_latencies(&self) -> anyhow::Result<Vec<f64>> {
+        let mut latencies = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let is_log = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(LOG_PREFIX));
+            if !is_log {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path)?.lines() {
+                if let Some(us) = line
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|f| f.parse::<f64>().ok())
+                {
+                    latencies.push(us / 1000.0);
+                }
+            }
+            std::fs::remove_file(&path)?;
+        }
+        Ok(latencies)
     }
 
     /// The command, for the record (scripts and connection left out).
@@ -814,7 +989,17 @@ impl PgBench {
         if let Some(options) = pgoptions {
             command.env("PGOPTIONS", options);
         }
+        let log_prefix = self.dir.join(LOG_PREFIX);
+        command.arg(format!("--log-prefix={}", log_prefix.display()));
+        let cpu_before = postgres_cpu_time()?;
         let output = command.output().await?;
+        let cpu = postgres_cpu_time()? - cpu_before;
+        let mut latencies_ms = self.take_logged_latencies()?;
+        latencies_ms.sort_by(f64::total_cmp);
+        let at = |q: f64| match latencies_ms.len() {
+            0 => None,
+            len => Some(latencies_ms[((len - 1) as f64 * q) as usize]),
+        };
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         // "tps = 12345.678901 (without initial connection time)",
@@ -843,7 +1028,12 @@ impl PgBench {
         };
         Ok(PgBenchResult {
             tps: value("tps = ").filter(|_| output.status.success()),
-            latency_ms: value("latency average = "),
+            transactions: value("number of transactions actually processed: "),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            cpu_us: value("number of transactions actually processed: ")
+                .filter(|&n| n > 0.0)
+                .map(|n| cpu.as_secs_f64() * 1e6 / n),
             failure,
         })
     }
@@ -888,19 +1078,28 @@ fn print_table(rows: &[Row]) {
     let cell = |value: Option<f64>, decimals: usize| {
         value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
     };
+    // Per row (the listing) the figures are a few µs: one decimal there.
+    let micros = |value: Option<f64>| match value {
+        None => "-".to_owned(),
+        Some(v) if v < 10.0 => format!("{v:.1} µs"),
+        Some(v) => format!("{v:.0} µs"),
+    };
     println!(
-        "{:<38} {:>10} {:<7} {:>7} {:>7} {:>6} {:>8} {:>10} {:<6} {:>9} {:>10}",
+        "{:<37} {:>8} {:<7} {:>6} {:>6} {:>3} {:>7} {:>7} | {:>7} {:<6} {:>6} {:>6} {:>7} | {:>5}",
         "operation",
         "service",
         "",
         "p50 ms",
         "p99 ms",
-        "errors",
+        "err",
         "svc CPU",
-        "PostgreSQL",
+        "PG CPU",
+        "pgbench",
         "",
-        "PG avg ms",
-        "service/PG"
+        "p50 ms",
+        "p99 ms",
+        "PG CPU",
+        "ratio"
     );
     for row in rows {
         let (unit, pg_unit) = match row.rows {
@@ -908,22 +1107,28 @@ fn print_table(rows: &[Row]) {
             false => ("calls/s", "tps"),
         };
         println!(
-            "{:<38} {:>10.0} {:<7} {:>7} {:>7} {:>6} {:>8} {:>10} {:<6} {:>9} {:>10}",
+            "{:<37} {:>8.0} {:<7} {:>6} {:>6} {:>3} {:>7} {:>7} | {:>7} {:<6} {:>6} {:>6} {:>7} | {:>5}",
             row.operation,
             row.service,
             unit,
             cell(row.p50_ms, 2),
             cell(row.p99_ms, 2),
             row.errors,
-            format!("{:.0} µs", row.service_cpu_us),
+            micros(Some(row.service_cpu_us)),
+            micros(Some(row.service_pg_cpu_us)),
             cell(row.postgres, 0),
             pg_unit,
-            cell(row.postgres_ms, 2),
+            cell(row.postgres_p50_ms, 2),
+            cell(row.postgres_p99_ms, 2),
+            micros(row.postgres_cpu_us),
             cell(row.postgres.map(|pg| row.service / pg), 2),
         );
     }
     println!(
-        "\nsvc CPU: the service process's CPU time per call (per row for the \
-         full listing), all threads; PostgreSQL's own work is not in it."
+        "\nsvc CPU: the service process's CPU time per call (per row for the full listing), all \
+         threads.\nPG CPU: every PostgreSQL process's CPU time per call (per row), while the service \
+         ran, then while pgbench (or the COPY) ran.\npgbench's percentiles come from its log of \
+         every {}th transaction. ratio: service / pgbench.",
+        (1.0 / LOG_SAMPLING).round()
     );
 }

@@ -76,6 +76,50 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     }
 }
 
+/// CPU time used so far by every PostgreSQL process on this machine: the
+/// live ones (user and system), plus, for each postmaster, what its ended
+/// children used (fields 16 and 17: a backend's time is added there when
+/// its connection closes and the postmaster reaps it).
+pub fn postgres_cpu_time() -> anyhow::Result<Duration> {
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may end while the directory is read.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // Field n of stat is fields[n - 3] here; field 4 is the parent.
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+        processes.push((pid, field(4), field(14) + field(15), field(16) + field(17)));
+    }
+    let pids: std::collections::HashSet<u32> = processes.iter().map(|p| p.0).collect();
+    let ticks: u64 = processes
+        .iter()
+        .map(|&(_, parent, own, children)| {
+            let postmaster = !pids.contains(&(parent as u32));
+            own + if postmaster { children } else { 0 }
+        })
+        .sum();
+    Ok(Duration::from_millis(ticks * 10))
+}
+
 /// An API key as request metadata.
 pub type Auth = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
