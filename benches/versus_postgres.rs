@@ -192,6 +192,7 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
         clients.push(CustomerServiceClient::new(channel));
     }
     let bench = Bench {
+        endpoint: endpoint.clone(),
         clients,
         auth,
         customers: n,
@@ -213,6 +214,15 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
     for call in [Call::GetById, Call::GetByExternalId] {
         if settings.runs(call.key()) {
             rows.push(bench.compare(call, &mut notes).await?);
+        }
+    }
+    // The same reads from h2load, as the issue that asked for this
+    // benchmark measured them.
+    for call in [Call::GetById, Call::GetByExternalId] {
+        if settings.runs(call.key())
+            && let Some(row) = bench.h2load_get(call, &mut notes).await?
+        {
+            rows.push(row);
         }
     }
     if settings.runs(LIST_KEY) {
@@ -567,6 +577,8 @@ fn same_customer(customer: Option<&pb::Customer>, expected: &str) -> Result<(), 
 
 /// What every measurement shares.
 struct Bench {
+    /// The service's address (`http://127.0.0.1:<port>`).
+    endpoint: String,
     /// Clients over `CHANNELS` connections to the service.
     clients: Vec<Client>,
     auth: Auth,
@@ -773,6 +785,129 @@ impl Bench {
             cpu_us_per_call: cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
             pg_cpu_us_per_call: pg_cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
         })
+    }
+
+    /// `call` (a GetCustomer) driven by h2load instead of the benchmark's
+    /// tonic callers: the same 32 concurrent calls over 4 connections, from
+    /// a client that costs the shared cores much less. h2load sends one
+    /// body, so every call reads the same customer (pgbench's reads are
+    /// random: both hit the cache). `None` when h2load is not installed
+    /// (`scripts/ensure-h2load`).
+    ///
+    /// h2load sees HTTP statuses, not gRPC ones: every response must carry
+    /// the customer's message, checked by the DATA bytes received.
+    async fn h2load_get(&self, call: Call, notes: &mut Vec<String>) -> anyhow::Result<Option<Row>> {
+        let name = match call {
+            Call::GetById => "GetCustomer by id, h2load",
+            Call::GetByExternalId => "GetCustomer by external id, h2load",
+            _ => anyhow::bail!("h2load drives GetCustomer only"),
+        };
+        let Some(h2load) = find_on_path("h2load") else {
+            notes.push(format!(
+                "{name}: h2load is not installed (scripts/ensure-h2load): left out"
+            ));
+            return Ok(None);
+        };
+        let n = self.customers / 2;
+        let lookup = match call {
+            Call::GetById => Lookup::Id(customer_id(n)),
+            _ => Lookup::ExternalId(format!("user_{n}")),
+        };
+        let request = pb::GetCustomerRequest {
+            lookup: Some(lookup),
+        };
+        // The answer every call must get, and its gRPC frame's length.
+        let expected = self.clients[0]
+            .clone()
+            .get_customer(authorized(request.clone(), &self.auth))
+            .await?
+            .into_inner();
+        same_customer(expected.customer.as_ref(), &customer_id(n)).map_err(anyhow::Error::msg)?;
+        let response_frame = 5 + prost::Message::encoded_len(&expected) as u64;
+        let body = prost::Message::encode_to_vec(&request);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let body_path = self.pgbench.dir.join("h2load-request.bin");
+        let log_path = self.pgbench.dir.join("h2load-requests.log");
+        std::fs::write(&body_path, frame)?;
+
+        let cpu_before = cpu_time(self.service_pid)?;
+        let pg_cpu_before = postgres_cpu_time()?;
+        let output = tokio::process::Command::new(h2load)
+            .arg(format!("-D{}", self.duration.as_secs()))
+            .arg(format!("-c{CHANNELS}"))
+            .arg(format!("-m{}", CALLERS / CHANNELS))
+            .arg("-t1")
+            .arg("-d")
+            .arg(&body_path)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg("-H")
+            .arg(format!("authorization: {}", self.auth.to_str()?))
+            .arg(format!("--log-file={}", log_path.display()))
+            .arg(format!(
+                "{}/customers.v1.CustomerService/GetCustomer",
+                self.endpoint
+            ))
+            .output()
+            .await?;
+        let cpu = cpu_time(self.service_pid)? - cpu_before;
+        let pg_cpu = postgres_cpu_time()? - pg_cpu_before;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "h2load exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let h2 = H2loadSummary::parse(&stdout)?;
+        let mut latencies_ms: Vec<f64> = std::fs::read_to_string(&log_path)?
+            .lines()
+            .filter_map(|line| line.split('\t').nth(2)?.parse::<f64>().ok())
+            .map(|us| us / 1000.0)
+            .collect();
+        std::fs::remove_file(&log_path)?;
+        latencies_ms.sort_by(f64::total_cmp);
+        let at = |q: f64| match latencies_ms.len() {
+            0 => None,
+            len => Some(latencies_ms[((len - 1) as f64 * q) as usize]),
+        };
+        // A call that failed at the gRPC level has no message: it shows as
+        // DATA bytes missing.
+        let answered = (h2.data_bytes / response_frame).min(h2.succeeded);
+        let errors = h2.requests - answered;
+        if errors > 0 {
+            notes.push(format!(
+                "{name}: {errors} of {} calls without the customer's message \
+                 ({} DATA bytes, {response_frame} per answer)",
+                h2.requests, h2.data_bytes
+            ));
+        }
+        let postgres = self
+            .pgbench
+            .run(&call.script(self.customers), call.pgoptions().as_deref())
+            .await?;
+        println!(
+            "{name:<38} service {:>8.0} calls/s ({errors} errors); pgbench {}",
+            answered as f64 / h2.seconds,
+            postgres
+                .tps
+                .map_or_else(|| "failed".into(), |tps| format!("{tps:.0} tps"))
+        );
+        Ok(Some(Row {
+            operation: name,
+            service: answered as f64 / h2.seconds,
+            rows: false,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            errors,
+            service_cpu_us: cpu.as_secs_f64() * 1e6 / h2.requests.max(1) as f64,
+            service_pg_cpu_us: pg_cpu.as_secs_f64() * 1e6 / h2.requests.max(1) as f64,
+            postgres: postgres.tps,
+            postgres_p50_ms: postgres.p50_ms,
+            postgres_p99_ms: postgres.p99_ms,
+            postgres_cpu_us: postgres.cpu_us,
+        }))
     }
 
     /// Every active customer through one ListCustomers stream (the default
@@ -1037,6 +1172,66 @@ impl PgBench {
             failure,
         })
     }
+}
+
+/// What h2load printed of a run.
+struct H2loadSummary {
+    /// "finished in 10.00s, ...".
+    seconds: f64,
+    /// "requests: N total, ..., S succeeded, ...".
+    requests: u64,
+    succeeded: u64,
+    /// "traffic: ... total, ... headers (...), ... (D) data".
+    data_bytes: u64,
+}
+
+impl H2loadSummary {
+    fn parse(stdout: &str) -> anyhow::Result<Self> {
+        let line = |prefix: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .ok_or_else(|| anyhow::anyhow!("h2load printed no {prefix:?} line:\n{stdout}"))
+        };
+        let number = |text: &str| -> anyhow::Result<u64> {
+            text.trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .map_err(|e| anyhow::anyhow!("h2load: {text:?}: {e}"))
+        };
+        let seconds = line("finished in ")?
+            .split('s')
+            .next()
+            .unwrap_or_default()
+            .parse()?;
+        let requests = line("requests: ")?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let before = requests
+                .split(',')
+                .find(|part| part.trim().ends_with(name))
+                .ok_or_else(|| anyhow::anyhow!("h2load: no {name:?} in {requests:?}"))?;
+            number(before.trim().trim_end_matches(name))
+        };
+        // "... 9.15MB (9598695) data": the exact count is in parentheses.
+        let traffic = line("traffic: ")?;
+        let data = traffic
+            .rsplit_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(count, _)| count)
+            .ok_or_else(|| anyhow::anyhow!("h2load: no data bytes in {traffic:?}"))?;
+        Ok(Self {
+            seconds,
+            requests: field("total")?,
+            succeeded: field("succeeded")?,
+            data_bytes: number(data)?,
+        })
+    }
+}
+
+/// `program` in one of `PATH`'s directories.
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 /// pgbench ships beside `initdb` in PostgreSQL's bin directory, which may
