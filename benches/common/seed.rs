@@ -26,7 +26,8 @@ pub fn customer_id(n: u64) -> String {
     CustomerId(customer_uuid(n)).to_string()
 }
 
-/// Inserts customers 1 to `n` in the default app, each with a Stripe id,
+/// Inserts customers 1 to `n` in the default app, each with a Stripe id (in
+/// `customer_provider_ids` and in the row's copy, as the service writes it),
 /// created over the past year in the order of `n` (so that listing order is
 /// `n` order), in chunks of one transaction each; then VACUUM ANALYZE (the
 /// state autovacuum would reach) and a CHECKPOINT, so that the seeding's
@@ -40,10 +41,11 @@ pub async fn seed(db: &tokio_postgres::Client, n: u64) -> anyhow::Result<()> {
             "BEGIN;
              INSERT INTO customers (app_id, id, external_id, email, name, phone,
                                     address_city, address_country, metadata,
-                                    create_time, update_time)
+                                    provider_ids, create_time, update_time)
              SELECT '{APP}', {id}, 'user_' || n, 'customer' || n || '@example.com',
                     'Customer Number ' || n, '+14155550100', 'San Francisco', 'US',
-                    jsonb_build_object('plan', 'pro', 'seat_count', n::text), t, t
+                    jsonb_build_object('plan', 'pro', 'seat_count', n::text),
+                    jsonb_build_object('stripe', 'cus_' || n), t, t
              FROM generate_series({first}::bigint, {last}::bigint) AS n,
                   LATERAL (SELECT now() - interval '365 days' * (({n} - n)::float8 / {n}) AS t)
                       AS created;

@@ -17,7 +17,7 @@ use super::{
     HotRead, Pool, TxConnection, begin_shared,
     cached::Cached,
     connect, events,
-    models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId, group_provider_ids},
+    models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId},
     schema::{customer_provider_ids as pids, customers as c},
 };
 use crate::{
@@ -94,19 +94,6 @@ pub(super) fn provider_id_holder_query<'a>(app: Uuid, provider: &'a str, id: &'a
         .select(pids::customer_id)
 }
 
-/// The provider ids of several customers.
-#[dsl::auto_type]
-pub(super) fn provider_ids_of_many<'a>(app: Uuid, ids: &'a [Uuid]) -> _ {
-    pids::table
-        .filter(pids::app_id.eq(app))
-        .filter(pids::customer_id.eq_any(ids))
-        .select((
-            pids::customer_id,
-            pids::provider,
-            pids::provider_customer_id,
-        ))
-}
-
 /// The provider-id rows of one customer.
 fn provider_ids_of(
     app: AppId,
@@ -117,37 +104,9 @@ fn provider_ids_of(
         .filter(pids::customer_id.eq(id.uuid()))
 }
 
-/// Loads the provider ids of `rows` and builds the customers.
-async fn with_provider_ids(
-    conn: &mut AsyncPgConnection,
-    app: AppId,
-    rows: Vec<CustomerRow>,
-) -> Result<Vec<Customer>, Error> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let pairs: Vec<(Uuid, String, String)> = provider_ids_of_many(app.0, &ids).load(conn).await?;
-    let mut grouped = group_provider_ids(pairs);
-    rows.into_iter()
-        .map(|row| {
-            let providers = grouped.remove(&row.id).unwrap_or_default();
-            row.into_customer(providers)
-        })
-        .collect()
-}
-
-/// The customer of `row`, if any, with its provider ids.
-async fn load_one(
-    conn: &mut AsyncPgConnection,
-    app: AppId,
-    row: Option<CustomerRow>,
-) -> Result<Option<Customer>, Error> {
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let pairs: Vec<ProviderPair> = provider_pairs_of(app.0, row.id).load(conn).await?;
-    found(Some(row), pairs).map(Some)
+/// The customer of `row`, if any.
+fn customer_of(row: Option<CustomerRow>) -> Result<Option<Customer>, Error> {
+    row.map(CustomerRow::into_customer).transpose()
 }
 
 /// Loads the customer a write names, locking its row until the transaction
@@ -162,17 +121,16 @@ async fn lock_target(
 ) -> Result<Customer, Error> {
     let app = ctx.app;
     let row = match target {
-        // Begin, locked row and provider ids in one round trip.
+        // Begin and locked row in one round trip.
         Target::Id(id) => {
-            let (row, pairs) = row_and_pairs(
+            let row = first_row(
                 conn,
                 customer_by_id(app.0, id.uuid())
                     .select(CustomerRow::as_select())
                     .for_update(),
-                provider_pairs_of(app.0, id.uuid()),
             );
-            let ((), row, pairs) = futures_util::try_join!(begin_shared(conn, begin), row, pairs)?;
-            return found(row, pairs);
+            let ((), row) = futures_util::try_join!(begin_shared(conn, begin), row)?;
+            return found(row);
         }
         Target::ExternalId(external_id) => {
             begin_shared(conn, begin).await?;
@@ -193,7 +151,7 @@ async fn lock_target(
             }
         }
     };
-    load_one(conn, app, row).await?.ok_or(Error::NotFound)
+    customer_of(row)?.ok_or(Error::NotFound)
 }
 
 /// The active customer holding an email, as an id.
@@ -309,7 +267,7 @@ pub async fn create(
             },)?;
             if let Some(row) = inserted {
                 insert_provider_ids(conn, app, id, &fields.provider_ids).await?;
-                let created = row.into_customer(fields.provider_ids.clone())?;
+                let created = row.into_customer()?;
                 record(conn, ctx, EventType::Created, &created, Vec::new()).await?;
                 return Ok(Some((created, true)));
             }
@@ -322,7 +280,7 @@ pub async fn create(
                     .first(conn)
                     .await
                     .optional()?;
-                let holder = load_one(conn, app, row).await?;
+                let holder = customer_of(row)?;
                 return Ok(holder.map(|c| (c, false)));
             };
             // Keyed by external id: its active holder is the answer,
@@ -332,7 +290,7 @@ pub async fn create(
                 .first(conn)
                 .await
                 .optional()?;
-            if let Some(holder) = load_one(conn, app, row).await? {
+            if let Some(holder) = customer_of(row)? {
                 return Ok(Some((holder, false)));
             }
             // Nobody holds the external id, so the email's holder
@@ -368,64 +326,22 @@ async fn key_holder(
         None => HotRead::CustomerByEmail,
     };
     read!(pool, ctx, &cancel, |conn, scope, commit| {
-        let (row, pairs) = key_holder_reads(conn, ctx.app.0, fields);
+        let row = key_holder_read(conn, ctx.app.0, fields);
         let commit = commit.send(conn, read);
-        let ((), row, pairs, ()) = futures_util::try_join!(scope, row, pairs, commit)?;
-        match row {
-            Some(_) => found(row, pairs).map(Some),
-            None => Ok(None),
-        }
+        let ((), row, ()) = futures_util::try_join!(scope, row, commit)?;
+        customer_of(row)
     })
 }
 
-/// A provider id of a customer: (customer, provider, the provider's id).
-type ProviderPair = (Uuid, String, String);
-
-/// The provider ids of one customer. Plain equality, not `= ANY` of one
-/// id: PostgreSQL keeps a generic plan for it, where it plans `= ANY($1)`
-/// again on every call (its generic estimate is worse).
-#[dsl::auto_type]
-pub(super) fn provider_pairs_of(app: Uuid, id: Uuid) -> _ {
-    pids::table
-        .filter(pids::app_id.eq(app))
-        .filter(pids::customer_id.eq(id))
-        .select((
-            pids::customer_id,
-            pids::provider,
-            pids::provider_customer_id,
-        ))
-}
-
-/// The provider ids of the active customer holding an external id, read
-/// beside that customer's row rather than after it.
-#[dsl::auto_type]
-pub(super) fn provider_pairs_by_external_id<'a>(app: Uuid, external_id: &'a str) -> _ {
-    let active: &'static str = State::Active.as_str();
-    let holder = c::table
-        .filter(c::app_id.eq(app))
-        .filter(c::state.eq(active))
-        .filter(c::external_id.eq(external_id))
-        .select(c::id);
-    pids::table
-        .filter(pids::app_id.eq(app))
-        .filter(pids::customer_id.eq_any(holder))
-        .select((
-            pids::customer_id,
-            pids::provider,
-            pids::provider_customer_id,
-        ))
-}
-
-/// A customer's row and its provider ids, as futures to pipeline on a
-/// shared connection: each sends its query when first polled.
-fn row_and_pairs<'c, R, P>(
+/// A customer's row, as a future to pipeline on a shared connection: it
+/// sends its query when first polled.
+// Not an `async fn`: its future's `Send` would have to be proved for every
+// lifetime of the query's borrows, which the callers' spawned futures cannot.
+#[allow(clippy::manual_async_fn)]
+fn first_row<'c, R>(
     conn: &'c AsyncPgConnection,
     row: R,
-    pairs: P,
-) -> (
-    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c,
-    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + 'c,
-)
+) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c
 where
     R: diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow>
         + diesel::query_dsl::methods::LimitDsl
@@ -433,103 +349,57 @@ where
         + 'c,
     diesel::dsl::Limit<R>:
         diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow> + Send + 'c,
-    P: diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, ProviderPair> + Send + 'c,
 {
-    let row = async move {
+    async move {
         let mut shared = conn;
         Ok(row.first::<CustomerRow>(&mut shared).await.optional()?)
-    };
-    let pairs = async move {
-        let mut shared = conn;
-        Ok(pairs.load::<ProviderPair>(&mut shared).await?)
-    };
-    (row, pairs)
-}
-
-/// The provider ids of the active customer holding an email (see
-/// [`provider_pairs_by_external_id`]).
-#[dsl::auto_type]
-pub(super) fn provider_pairs_by_email<'a>(app: Uuid, email: &'a str) -> _ {
-    let active: &'static str = State::Active.as_str();
-    let lowered: lower<&'a str> = lower(email);
-    let holder = c::table
-        .filter(c::app_id.eq(app))
-        .filter(c::state.eq(active))
-        .filter(c::email_lower.eq(lowered))
-        .select(c::id);
-    pids::table
-        .filter(pids::app_id.eq(app))
-        .filter(pids::customer_id.eq_any(holder))
-        .select((
-            pids::customer_id,
-            pids::provider,
-            pids::provider_customer_id,
-        ))
-}
-
-/// The queries that find the active holder of a create's idempotency key
-/// (its external id if set, else its email) with its provider ids (see
-/// [`row_and_pairs`]).
-fn key_holder_reads<'c>(
-    conn: &'c AsyncPgConnection,
-    app: Uuid,
-    fields: &'c ValidFields,
-) -> (
-    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c,
-    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + 'c,
-) {
-    use futures_util::future::Either::{Left, Right};
-    match &fields.external_id {
-        Some(external_id) => {
-            let (row, pairs) = by_external_id_reads(conn, app, external_id);
-            (Left(row), Left(pairs))
-        }
-        None => {
-            let (row, pairs) = row_and_pairs(
-                conn,
-                active_by_email(app, &fields.email).select(CustomerRow::as_select()),
-                provider_pairs_by_email(app, &fields.email),
-            );
-            (Right(row), Right(pairs))
-        }
     }
 }
 
-/// GetCustomer by id's queries (see [`row_and_pairs`]).
-fn by_id_reads(
+/// The query that finds the active holder of a create's idempotency key
+/// (its external id if set, else its email; see [`first_row`]).
+fn key_holder_read<'c>(
+    conn: &'c AsyncPgConnection,
+    app: Uuid,
+    fields: &'c ValidFields,
+) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c {
+    use futures_util::future::Either::{Left, Right};
+    match &fields.external_id {
+        Some(external_id) => Left(by_external_id_read(conn, app, external_id)),
+        None => Right(first_row(
+            conn,
+            active_by_email(app, &fields.email).select(CustomerRow::as_select()),
+        )),
+    }
+}
+
+/// GetCustomer by id's query (see [`first_row`]).
+fn by_id_read(
     conn: &AsyncPgConnection,
     app: Uuid,
     id: Uuid,
-) -> (
-    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + '_,
-    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + '_,
-) {
-    row_and_pairs(
+) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + '_ {
+    first_row(
         conn,
         customer_by_id(app, id).select(CustomerRow::as_select()),
-        provider_pairs_of(app, id),
     )
 }
 
-/// GetCustomer by external id's queries (see [`row_and_pairs`]).
-fn by_external_id_reads<'c>(
+/// GetCustomer by external id's query (see [`first_row`]).
+fn by_external_id_read<'c>(
     conn: &'c AsyncPgConnection,
     app: Uuid,
     external_id: &'c str,
-) -> (
-    impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c,
-    impl Future<Output = Result<Vec<ProviderPair>, Error>> + Send + 'c,
-) {
-    row_and_pairs(
+) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c {
+    first_row(
         conn,
         active_by_external_id(app, external_id).select(CustomerRow::as_select()),
-        provider_pairs_by_external_id(app, external_id),
     )
 }
 
 /// Reads one customer. `cancel` calls the read off (see [`cancellable`]).
 /// By id or external id, the whole read is one round trip: the scope, the
-/// row, its provider ids and the `COMMIT`, pipelined.
+/// row (its provider ids in it) and the `COMMIT`, pipelined.
 pub async fn get(
     pool: &Pool,
     ctx: &RequestContext,
@@ -538,13 +408,13 @@ pub async fn get(
 ) -> Result<Customer, Error> {
     let app = ctx.app;
     read!(pool, ctx, cancel, |conn, scope, commit| {
-        let (row, pairs) = match lookup {
-            Lookup::Id(id) => by_id_reads(conn, app.0, id.uuid()),
+        let row = match lookup {
+            Lookup::Id(id) => by_id_read(conn, app.0, id.uuid()),
             Lookup::ExternalId(external_id) => {
-                let (row, pairs) = by_external_id_reads(conn, app.0, external_id);
+                let row = by_external_id_read(conn, app.0, external_id);
                 let commit = commit.send(conn, HotRead::CustomerByExternalId);
-                let ((), row, pairs, ()) = futures_util::try_join!(scope, row, pairs, commit)?;
-                return found(row, pairs);
+                let ((), row, ()) = futures_util::try_join!(scope, row, commit)?;
+                return found(row);
             }
             Lookup::ProviderId { provider, id } => {
                 scope.await?;
@@ -556,20 +426,18 @@ pub async fn get(
                     .first(conn)
                     .await
                     .optional()?;
-                return load_one(conn, app, row).await?.ok_or(Error::NotFound);
+                return customer_of(row)?.ok_or(Error::NotFound);
             }
         };
         let commit = commit.send(conn, HotRead::CustomerById);
-        let ((), row, pairs, ()) = futures_util::try_join!(scope, row, pairs, commit)?;
-        found(row, pairs)
+        let ((), row, ()) = futures_util::try_join!(scope, row, commit)?;
+        found(row)
     })
 }
 
-/// The customer of a row read with its provider ids, if there was a row.
-fn found(row: Option<CustomerRow>, pairs: Vec<ProviderPair>) -> Result<Customer, Error> {
-    let row = row.ok_or(Error::NotFound)?;
-    let providers = group_provider_ids(pairs).remove(&row.id);
-    row.into_customer(providers.unwrap_or_default())
+/// The customer of a row read, if there was a row.
+fn found(row: Option<CustomerRow>) -> Result<Customer, Error> {
+    customer_of(row)?.ok_or(Error::NotFound)
 }
 
 /// A write to an existing customer.
@@ -805,7 +673,7 @@ async fn update_row(
             .collect();
         insert_provider_ids(conn, app, id, &added).await?;
     }
-    let updated = row.into_customer(new.provider_ids.clone())?;
+    let updated = row.into_customer()?;
     let changed = changed_fields(&old, &new);
     record(conn, ctx, EventType::Updated, &updated, changed).await?;
     Ok(Written::changed(updated))
@@ -832,7 +700,7 @@ async fn archive_row(
     Cached(diesel::update(provider_ids_of(app, id)).set(pids::active.eq(false)))
         .execute(conn)
         .await?;
-    let archived = row.into_customer(current.fields.provider_ids)?;
+    let archived = row.into_customer()?;
     record(conn, ctx, EventType::Archived, &archived, Vec::new()).await?;
     Ok(archived)
 }
@@ -862,7 +730,7 @@ async fn delete_row(
     // The customer's past events lose its personal data in this same
     // transaction; the deleted event carries only the tombstone.
     events::erase_history(conn, app, id).await?;
-    let tombstone = row.into_customer(BTreeMap::new())?;
+    let tombstone = row.into_customer()?;
     record(conn, ctx, EventType::Deleted, &tombstone, Vec::new()).await?;
     Ok(tombstone)
 }
@@ -914,7 +782,6 @@ pub async fn list_batch(
 ) -> Result<Vec<Customer>, Error> {
     use super::search::Column;
     use sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-    let app = ctx.app;
     let metadata = (!filter.metadata.is_empty())
         .then(|| serde_json::to_value(&filter.metadata))
         .transpose()
@@ -951,9 +818,12 @@ pub async fn list_batch(
         .bind::<Nullable<Array<Text>>, _>(name_windows),
     );
 
-    read!(pool, ctx, cancel, |conn| {
-        let rows: Vec<CustomerRow> = query.load(conn).await?;
-        with_provider_ids(conn, app, rows).await
+    // The scope and the page in one round trip, then `COMMIT`.
+    read!(pool, ctx, cancel, |conn, scope| {
+        let mut shared: &AsyncPgConnection = conn;
+        let page = query.load::<CustomerRow>(&mut shared);
+        let ((), rows) = futures_util::try_join!(scope, async { Ok(page.await?) })?;
+        rows.into_iter().map(CustomerRow::into_customer).collect()
     })
 }
 

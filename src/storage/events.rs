@@ -14,7 +14,7 @@ use super::{
     Pool, TxConnection,
     cached::Cached,
     connect,
-    models::CustomerRow,
+    models::{CustomerRow, StringMap},
     schema::{customer_event_heads as heads, customer_events as e},
 };
 use crate::{
@@ -156,9 +156,13 @@ fn into_event(row: EventRow) -> Result<Event, Error> {
         .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown event type {kind:?}")))?;
     let customer = customer
         .map(|json| {
-            let Snapshot { row, provider_ids } = serde_json::from_value(json)
+            let Snapshot {
+                mut row,
+                provider_ids,
+            } = serde_json::from_value(json)
                 .map_err(|e| Error::internal(anyhow::Error::new(e).context("event snapshot")))?;
-            row.into_customer(provider_ids)
+            row.provider_ids = StringMap(provider_ids);
+            row.into_customer()
         })
         .transpose()?;
     let position = position

@@ -1,6 +1,6 @@
 //! Rows as diesel reads and writes them, and their conversion to the domain.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -35,8 +35,9 @@ impl FromSql<Jsonb, Pg> for StringMap {
     }
 }
 
-/// A customer's row. Also the stored form of an event's customer (as JSON,
-/// with its provider ids beside it).
+/// A customer's row, provider ids included (their copy in the row). Also
+/// the stored form of an event's customer (as JSON, with its provider ids
+/// beside it, as events have always stored them).
 #[derive(
     Debug, Clone, Queryable, QueryableByName, Selectable, serde::Serialize, serde::Deserialize,
 )]
@@ -61,10 +62,13 @@ pub struct CustomerRow {
     pub update_time: DateTime<Utc>,
     pub archive_time: Option<DateTime<Utc>>,
     pub delete_time: Option<DateTime<Utc>>,
+    /// Left out of an event's JSON, which keeps them beside the row.
+    #[serde(skip)]
+    pub provider_ids: StringMap,
 }
 
 impl CustomerRow {
-    /// The row of a customer (provider ids aside).
+    /// The row of a customer.
     pub fn of(customer: &Customer) -> CustomerRow {
         // Every field, named: a new one does not compile until it is kept.
         let Customer {
@@ -85,7 +89,7 @@ impl CustomerRow {
             address,
             timezone,
             metadata,
-            provider_ids: _,
+            provider_ids,
         } = fields;
         CustomerRow {
             id: id.uuid(),
@@ -108,11 +112,12 @@ impl CustomerRow {
             update_time: *update_time,
             archive_time: *archive_time,
             delete_time: *delete_time,
+            provider_ids: StringMap(provider_ids.clone()),
         }
     }
 
-    /// The domain customer, given its provider ids.
-    pub fn into_customer(self, provider_ids: BTreeMap<String, String>) -> Result<Customer, Error> {
+    /// The domain customer.
+    pub fn into_customer(self) -> Result<Customer, Error> {
         // Every column, named: a new one does not compile until it is read.
         let CustomerRow {
             id,
@@ -134,6 +139,7 @@ impl CustomerRow {
             update_time,
             archive_time,
             delete_time,
+            provider_ids,
         } = self;
         let state = State::from_db(&state)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown state {state:?}")))?;
@@ -155,7 +161,7 @@ impl CustomerRow {
                 },
                 timezone,
                 metadata: metadata.0,
-                provider_ids,
+                provider_ids: provider_ids.0,
             },
             revision,
             create_time,
@@ -189,12 +195,13 @@ pub struct CustomerColumns<'a> {
     pub address_country: Option<&'a str>,
     pub timezone: Option<&'a str>,
     pub metadata: serde_json::Value,
+    /// The row's copy; `customer_provider_ids` holds the keys.
+    pub provider_ids: serde_json::Value,
 }
 
 impl<'a> CustomerColumns<'a> {
     pub fn new(fields: &'a ValidFields) -> Self {
         // Every field, named: a new one does not compile until it is stored.
-        // (Provider ids live in their own table.)
         let CustomerFields {
             external_id,
             email,
@@ -203,7 +210,7 @@ impl<'a> CustomerColumns<'a> {
             address,
             timezone,
             metadata,
-            provider_ids: _,
+            provider_ids,
         } = &**fields;
         let Address {
             line1,
@@ -226,6 +233,7 @@ impl<'a> CustomerColumns<'a> {
             address_country: country.as_deref(),
             timezone: timezone.as_deref(),
             metadata: serde_json::to_value(metadata).unwrap_or_default(),
+            provider_ids: serde_json::to_value(provider_ids).unwrap_or_default(),
         }
     }
 
@@ -245,6 +253,7 @@ impl<'a> CustomerColumns<'a> {
             address_country: None,
             timezone: None,
             metadata: serde_json::json!({}),
+            provider_ids: serde_json::json!({}),
         }
     }
 }
@@ -281,17 +290,6 @@ impl<'a> NewProviderId<'a> {
             })
             .collect()
     }
-}
-
-/// Provider ids of several customers, grouped by customer.
-pub fn group_provider_ids(
-    rows: Vec<(Uuid, String, String)>,
-) -> HashMap<Uuid, BTreeMap<String, String>> {
-    let mut grouped: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
-    for (customer, provider, id) in rows {
-        grouped.entry(customer).or_default().insert(provider, id);
-    }
-    grouped
 }
 
 #[cfg(test)]

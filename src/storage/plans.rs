@@ -13,8 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use super::{
     customers::{
         active_by_email, active_by_external_id, archived_by_external_id, customer_by_id,
-        like_pattern, provider_id_holder_query, provider_ids_of_many, provider_pairs_by_email,
-        provider_pairs_by_external_id, provider_pairs_of,
+        like_pattern, provider_id_holder_query,
     },
     events::{EventRow, customer_events_after, events_after, first_at, head_of, unerased_history},
     models::CustomerRow,
@@ -79,7 +78,6 @@ pub async fn explain_query_shapes(
     sample: &SampleKeys,
 ) -> Result<Vec<(String, String)>, Error> {
     let app_id = app.0;
-    let ids = [sample.id.uuid()];
     let mut plans = vec![
         (
             "customer by id".to_owned(),
@@ -115,26 +113,6 @@ pub async fn explain_query_shapes(
             explain(
                 conn,
                 provider_id_holder_query(app_id, &sample.provider, &sample.provider_id),
-            )
-            .await?,
-        ),
-        (
-            "provider ids of customers".to_owned(),
-            explain(conn, provider_ids_of_many(app_id, &ids)).await?,
-        ),
-        (
-            "provider ids of a customer".to_owned(),
-            explain(conn, provider_pairs_of(app_id, sample.id.uuid())).await?,
-        ),
-        (
-            "provider ids of an email's holder".to_owned(),
-            explain(conn, provider_pairs_by_email(app_id, &sample.email)).await?,
-        ),
-        (
-            "provider ids of an external id's holder".to_owned(),
-            explain(
-                conn,
-                provider_pairs_by_external_id(app_id, &sample.external_id),
             )
             .await?,
         ),

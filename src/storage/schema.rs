@@ -52,6 +52,7 @@ diesel::table! {
         archive_time -> Nullable<Timestamptz>,
         delete_time -> Nullable<Timestamptz>,
         email_lower -> Nullable<Text>,
+        provider_ids -> Jsonb,
     }
 }
 

@@ -462,6 +462,19 @@ impl TestService {
         .await
     }
 
+    /// Customers whose row's copy of their provider ids differs from their
+    /// keys in `customer_provider_ids`: none, if every write kept both.
+    pub async fn provider_id_copies_out_of_step(&self) -> i64 {
+        self.count(
+            "customers AS c WHERE c.provider_ids <> coalesce(
+                 (SELECT jsonb_object_agg(p.provider, p.provider_customer_id)
+                  FROM customer_provider_ids AS p
+                  WHERE p.app_id = c.app_id AND p.customer_id = c.id),
+                 '{}')",
+        )
+        .await
+    }
+
     /// Backends of this test's database that the service opened
     /// (`application_name = 'customers'`) and that match `condition`, a SQL
     /// condition on `pg_stat_activity` (`true` for all).

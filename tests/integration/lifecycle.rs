@@ -217,6 +217,14 @@ async fn deleting_erases_personal_data_and_leaves_a_tombstone() {
     assert_eq!(row.pii.as_deref(), Some(""));
     assert_eq!(row.metadata, "{}");
     assert_eq!(svc.count("customer_provider_ids").await, 1);
+    // Nor in the row's copy of the provider ids; the kept customer's copy
+    // is its key.
+    assert_eq!(
+        svc.count("customers WHERE email IS NULL AND provider_ids <> '{}'")
+            .await,
+        0
+    );
+    assert_eq!(svc.provider_id_copies_out_of_step().await, 0);
     // The other customer is untouched; tombstones are never listed.
     assert_eq!(get_by_id(&mut svc.client, &keep.id).await.unwrap(), keep);
     let listed = list(

@@ -294,4 +294,8 @@ async fn updates_through_any_mask_do_what_the_proto_promises() {
     if let Err(e) = result {
         panic!("{e}");
     }
+    // Reads take provider ids from the row's copy: every update kept it
+    // equal to the keys.
+    assert!(svc.count("customer_provider_ids").await > 0);
+    assert_eq!(svc.provider_id_copies_out_of_step().await, 0);
 }

@@ -24,6 +24,8 @@ async fn every_query_shape_uses_an_index_under_row_level_security() {
     conn.batch_execute(
         "INSERT INTO customer_provider_ids (app_id, customer_id, provider, provider_customer_id)
          SELECT app_id, id, 'stripe', 'cus_' || id FROM customers WHERE email LIKE 'bulk%';
+         UPDATE customers SET provider_ids = jsonb_build_object('stripe', 'cus_' || id)
+         WHERE email LIKE 'bulk%';
          INSERT INTO customer_event_heads (app_id, position) VALUES
              ('00000000-0000-0000-0000-000000000000', 100001)
          ON CONFLICT (app_id) DO UPDATE SET position = customer_event_heads.position + 100000;
