@@ -24,8 +24,10 @@ async fn every_query_shape_uses_an_index_under_row_level_security() {
     conn.batch_execute(
         "INSERT INTO customer_provider_ids (app_id, customer_id, provider, provider_customer_id)
          SELECT app_id, id, 'stripe', 'cus_' || id FROM customers WHERE email LIKE 'bulk%';
-         UPDATE customers SET provider_ids = jsonb_build_object('stripe', 'cus_' || id)
-         WHERE email LIKE 'bulk%';
+         UPDATE customers AS c SET provider_ids = p.ids
+         FROM (SELECT app_id, customer_id, jsonb_object_agg(provider, provider_customer_id) AS ids
+               FROM customer_provider_ids GROUP BY app_id, customer_id) AS p
+         WHERE c.app_id = p.app_id AND c.id = p.customer_id;
          INSERT INTO customer_event_heads (app_id, position) VALUES
              ('00000000-0000-0000-0000-000000000000', 100001)
          ON CONFLICT (app_id) DO UPDATE SET position = customer_event_heads.position + 100000;
