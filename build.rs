@@ -22,6 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // ordered, so a message takes them as they are, with no hashing per
         // key (and its maps encode in a stable order).
         .btree_map(".")
+        // A listing's messages are encoded from the rows themselves (see
+        // `wire::listing`).
+        .extern_path(
+            ".customers.v1.ListCustomersResponse",
+            "crate::wire::listing::ListCustomersResponse",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -33,6 +33,7 @@
 //! cargo bench --bench versus_postgres          # 1,000,000 customers, 10 s per operation
 //! BENCH_CUSTOMERS=100000 BENCH_SECONDS=5 cargo bench --bench versus_postgres   # a quick run
 //! BENCH_ONLY=create,update cargo bench --bench versus_postgres   # some operations only
+//! BENCH_SERVICE_BIN=/tmp/customers-before cargo bench --bench versus_postgres   # another build
 //! ```
 //!
 //! Everything shares one machine: the callers, the service, PostgreSQL and

@@ -203,7 +203,12 @@ pub async fn spawn_service(
     let metrics = metrics
         .then(|| free_port().map(|p| format!("127.0.0.1:{p}")))
         .transpose()?;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_customers"));
+    // `BENCH_SERVICE_BIN`: another build of the service (an older commit's
+    // release binary, say), to compare two builds on the same machine.
+    let binary = std::env::var_os("BENCH_SERVICE_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_customers").into());
+    let mut command = std::process::Command::new(binary);
     command
         .env("DATABASE_URL", url)
         .env("CUSTOMERS_LISTEN", format!("127.0.0.1:{port}"))

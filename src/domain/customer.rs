@@ -1,6 +1,6 @@
 //! The customer: its lifecycle, its writable fields, and the stored whole.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 
@@ -153,5 +153,101 @@ impl Customer {
     /// Whether a caller's etag, if any, is the current one.
     pub fn etag_matches(&self, etag: Option<&str>) -> bool {
         etag.is_none_or(|etag| etag == self.etag())
+    }
+}
+
+/// A customer borrowed from the row it was read from, before any of it is
+/// copied: a listing builds each of its items from one of these, either the
+/// owned [`Customer`] or (the gRPC stream) the encoded message, with no
+/// owned customer in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRef<'a> {
+    pub id: CustomerId,
+    pub state: State,
+    pub external_id: Option<&'a str>,
+    /// `None` once deleted.
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    /// line1, line2, city, state, postal code, country.
+    pub address: [Option<&'a str>; 6],
+    pub timezone: Option<&'a str>,
+    /// Ordered by key (as a `BTreeMap` orders them), keys unique.
+    pub metadata: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Ordered by key, keys unique.
+    pub provider_ids: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub revision: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub archive_time: Option<DateTime<Utc>>,
+    pub delete_time: Option<DateTime<Utc>>,
+}
+
+/// What a listing makes of each customer it reads.
+pub trait FromCustomerRef: Sized + Send + 'static {
+    fn from_ref(customer: CustomerRef<'_>) -> Self;
+
+    /// Where it stands in the listing's keyset order: its creation time
+    /// and id.
+    fn position(&self) -> (DateTime<Utc>, uuid::Uuid);
+}
+
+impl FromCustomerRef for Customer {
+    fn from_ref(c: CustomerRef<'_>) -> Customer {
+        // Every field, named: a new one does not compile until it is read.
+        let CustomerRef {
+            id,
+            state,
+            external_id,
+            email,
+            name,
+            phone,
+            address: [line1, line2, city, address_state, postal_code, country],
+            timezone,
+            metadata,
+            provider_ids,
+            revision,
+            create_time,
+            update_time,
+            archive_time,
+            delete_time,
+        } = c;
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        let map = |entries: Vec<(Cow<'_, str>, Cow<'_, str>)>| {
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        };
+        Customer {
+            id,
+            state,
+            fields: CustomerFields {
+                external_id: owned(external_id),
+                email: email.unwrap_or_default().to_owned(),
+                name: owned(name),
+                phone: owned(phone),
+                address: Address {
+                    line1: owned(line1),
+                    line2: owned(line2),
+                    city: owned(city),
+                    state: owned(address_state),
+                    postal_code: owned(postal_code),
+                    country: owned(country),
+                },
+                timezone: owned(timezone),
+                metadata: map(metadata),
+                provider_ids: map(provider_ids),
+            },
+            revision,
+            create_time,
+            update_time,
+            archive_time,
+            delete_time,
+        }
+    }
+
+    fn position(&self) -> (DateTime<Utc>, uuid::Uuid) {
+        (self.create_time, self.id.uuid())
     }
 }

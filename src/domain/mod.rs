@@ -13,7 +13,10 @@ mod validation;
 pub use commands::{
     ChangeState, CreateCustomer, GetCustomer, ListCustomers, Lookup, Target, UpdateCustomer,
 };
-pub use customer::{Address, AddressPart, Customer, CustomerFields, State, ValidFields};
+pub use customer::{
+    Address, AddressPart, Customer, CustomerFields, CustomerRef, FromCustomerRef, State,
+    ValidFields,
+};
 pub use events::{
     Event, EventFilter, EventType, NewEvent, ResumeToken, WatchEvents, WatchStart, changed_fields,
 };

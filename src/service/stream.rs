@@ -27,10 +27,11 @@ use tonic::Status;
 use super::CustomerApi;
 use crate::{
     context::RequestContext,
-    domain::{AppId, ListFilter},
+    domain::{AppId, FromCustomerRef, ListFilter},
     error::Error,
     pb,
     storage::customers::{self as store, Position},
+    wire::listing::EncodedCustomer,
 };
 
 /// How ListCustomers reads.
@@ -392,8 +393,15 @@ async fn stream_customers(
     let read = |after: Option<Position>, want: u64| {
         let (api, filter, cancel) = (api.clone(), filter.clone(), cancel.clone());
         let read = tokio::spawn(async move {
-            let batch =
-                store::list_batch(&api.pool, &ctx, &filter, after, want as i64, &cancel).await;
+            let batch = store::list_batch_as::<EncodedCustomer>(
+                &api.pool,
+                &ctx,
+                &filter,
+                after,
+                want as i64,
+                &cancel,
+            )
+            .await;
             api.stats.batches.fetch_add(1, Ordering::Relaxed);
             batch
         });
@@ -420,7 +428,7 @@ async fn stream_customers(
         if let Some(r) = &mut remaining {
             *r -= want.min(*r);
         }
-        let last = batch.last().map(|c| (c.create_time, c.id.uuid()));
+        let last = batch.last().map(EncodedCustomer::position);
         let prefetch = (!complete && remaining != Some(0)).then(|| {
             want = remaining.map_or(rows as u64, |r| r.min(rows as u64));
             read(last, want)
@@ -428,9 +436,7 @@ async fn stream_customers(
         let send = async {
             let (count, mut bytes) = (batch.len(), 0);
             for customer in batch {
-                let message = pb::ListCustomersResponse {
-                    customer: Some(customer.into()),
-                };
+                let message = pb::ListCustomersResponse::from(customer);
                 let len = message.encoded_len();
                 bytes += len;
                 sender.send_sized(message, len).await?;

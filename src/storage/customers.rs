@@ -17,14 +17,15 @@ use super::{
     HotRead, Pool, TxConnection, begin_shared,
     cached::Cached,
     connect, events,
+    listed::Listed,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId},
     schema::{customer_provider_ids as pids, customers as c},
 };
 use crate::{
     context::RequestContext,
     domain::{
-        AppId, ChangeState, Customer, CustomerId, EventType, ListFilter, Lookup, NewEvent, Order,
-        State, Target, UpdateCustomer, ValidFields, changed_fields,
+        AppId, ChangeState, Customer, CustomerId, EventType, FromCustomerRef, ListFilter, Lookup,
+        NewEvent, Order, State, Target, UpdateCustomer, ValidFields, changed_fields,
     },
     error::{Error, Key},
 };
@@ -780,6 +781,20 @@ pub async fn list_batch(
     limit: i64,
     cancel: &CancellationToken,
 ) -> Result<Vec<Customer>, Error> {
+    list_batch_as(pool, ctx, filter, after, limit, cancel).await
+}
+
+/// [`list_batch`], each customer read in place into a `T` (see
+/// [`Listed`]): the gRPC stream encodes its messages straight from the
+/// rows.
+pub async fn list_batch_as<T: FromCustomerRef>(
+    pool: &Pool,
+    ctx: &RequestContext,
+    filter: &ListFilter,
+    after: Option<Position>,
+    limit: i64,
+    cancel: &CancellationToken,
+) -> Result<Vec<T>, Error> {
     use super::search::Column;
     use sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let metadata = (!filter.metadata.is_empty())
@@ -821,9 +836,9 @@ pub async fn list_batch(
     // The scope and the page in one round trip, then `COMMIT`.
     read!(pool, ctx, cancel, |conn, scope| {
         let mut shared: &AsyncPgConnection = conn;
-        let page = query.load::<CustomerRow>(&mut shared);
+        let page = query.load::<Listed<T>>(&mut shared);
         let ((), rows) = futures_util::try_join!(scope, async { Ok(page.await?) })?;
-        rows.into_iter().map(CustomerRow::into_customer).collect()
+        Ok(rows.into_iter().map(|Listed(item)| item).collect())
     })
 }
 

@@ -112,6 +112,7 @@ mod citus;
 pub mod connection;
 pub mod customers;
 pub mod events;
+mod listed;
 mod models;
 pub mod plans;
 pub mod schema;

@@ -2,5 +2,6 @@
 //! converted both ways, and errors turned into statuses.
 
 mod customer;
+pub mod listing;
 pub mod requests;
 pub mod status;
