@@ -32,6 +32,28 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
+    /// Whether nothing but the state (`include_archived`) narrows the
+    /// listing: no email, query, creation range or metadata.
+    pub fn is_unfiltered(&self) -> bool {
+        // Every field, named: a new filter is not ignored here unnoticed.
+        let ListFilter {
+            email,
+            query,
+            created_after,
+            created_before,
+            metadata,
+            include_archived: _,
+            order: _,
+            limit: _,
+            resume_after: _,
+        } = self;
+        email.is_none()
+            && query.is_none()
+            && created_after.is_none()
+            && created_before.is_none()
+            && metadata.is_empty()
+    }
+
     /// Checks the filter's free-form parts.
     pub fn validate(self) -> Result<ListFilter, Invalid> {
         let mut v = Violations::new("");

@@ -13,7 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use super::{
     customers::{
         active_by_email, active_by_external_id, archived_by_external_id, customer_by_id,
-        like_pattern, provider_id_holder_query,
+        like_pattern, provider_id_holder_query, unfiltered_page,
     },
     events::{EventRow, customer_events_after, events_after, first_at, head_of, unerased_history},
     models::CustomerRow,
@@ -153,6 +153,30 @@ pub async fn explain_query_shapes(
             .await?,
         ),
     ];
+    // Listings with no filter but the state, read directly (not through the
+    // page function): as the service's role.
+    let resumed = Some((
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+        sample.id.uuid(),
+    ));
+    for (name, archived, descending, after) in [
+        ("page, no filter, oldest first", false, false, None),
+        (
+            "page, no filter, newest first, resumed",
+            false,
+            true,
+            resumed,
+        ),
+        (
+            "page, no filter, archived too, resumed",
+            true,
+            false,
+            resumed,
+        ),
+    ] {
+        let page = unfiltered_page(app, archived, descending, after, 2_000);
+        plans.push((name.to_owned(), explain(conn, page).await?));
+    }
 
     conn.batch_execute("RESET ROLE").await?;
     let query = &sample.email[..sample.email.len().min(8)];
