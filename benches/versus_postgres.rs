@@ -11,7 +11,9 @@
 //! own embedded mode runs it, not the throwaway settings of the tests);
 //! `BENCH_CUSTOMERS` customers seeded in the default app; the release
 //! service binary as its own process, with its default pool of 16
-//! connections and no per-app limits. Then, per operation:
+//! connections, no per-app limits and its default logging (`info`: one
+//! access-log line per call, its stderr read through a pipe as a log
+//! collector reads it). Then, per operation:
 //!
 //! - the service: 32 concurrent callers over 4 HTTP/2 connections for
 //!   `BENCH_SECONDS` (after a one-second warm-up); calls/s counts successful

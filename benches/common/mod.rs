@@ -216,12 +216,27 @@ pub async fn spawn_service(
             "CUSTOMERS_METRICS_LISTEN",
             metrics.as_deref().unwrap_or("off"),
         )
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        // Logged as it runs by default (`info`: a line per call), its
+        // stderr read through a pipe, as a log collector reads it.
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped());
     for (name, value) in env {
         command.env(name, value);
     }
-    let server = Server(command.spawn()?);
+    let mut child = command.spawn()?;
+    // Its warnings and errors are shown; its access log is read and dropped.
+    if let Some(logs) = child.stderr.take() {
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(logs).lines().map_while(Result::ok) {
+                if !line.contains(" INFO ") {
+                    eprintln!("service: {line}");
+                }
+            }
+        });
+    }
+    let server = Server(child);
     let endpoint = format!("http://127.0.0.1:{port}");
     wait_serving(&endpoint).await?;
     Ok((server, endpoint, metrics))

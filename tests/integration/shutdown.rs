@@ -1,6 +1,6 @@
 //! SIGTERM against the real binary.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use customers::{domain::AppId, pb};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
@@ -178,12 +178,14 @@ async fn sigterm_stops_the_embedded_postgres_too() {
     let data = std::env::temp_dir().join(format!("customers-test-{}-embedded", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let port = free_port();
+    // Its default logs (text, `info`), into a file: not a terminal.
+    let log_path = std::env::temp_dir().join(format!("customers-embedded-{port}.log"));
     let mut process = Process::start(
         &[
             ("CUSTOMERS_DATA_DIR", data.to_str().unwrap()),
             ("CUSTOMERS_LISTEN", &format!("127.0.0.1:{port}")),
         ],
-        Stdio::null(),
+        std::fs::File::create(&log_path).unwrap().into(),
     );
     let mut watch = watch_health(port).await;
     health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
@@ -205,4 +207,13 @@ async fn sigterm_stops_the_embedded_postgres_too() {
     assert!(!pid_file.exists());
     assert!(!customers::embedded_pg::process_alive(postmaster));
     let _ = std::fs::remove_dir_all(&data);
+    // The log thread wrote every line before the process ended, the last
+    // one included, and no terminal colours into a file.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        log.lines().last().is_some_and(|l| l.ends_with("shut down")),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "terminal escapes in a file:\n{log}");
 }
