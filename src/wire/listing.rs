@@ -109,9 +109,17 @@ pub struct EncodedCustomer {
 
 impl FromCustomerRef for EncodedCustomer {
     fn from_ref(c: CustomerRef<'_>) -> Self {
-        let customer = CustomerBody(&c);
-        let mut message = Vec::with_capacity(len_field(&customer));
-        field(&mut message, 1, &customer);
+        let mut id = [0u8; ID_BYTES];
+        let customer = CustomerBody {
+            customer: &c,
+            id: id_text(&c, &mut id),
+        };
+        // `customer = 1`: its key, its length, the customer.
+        let len = len(&customer);
+        let mut message = Vec::with_capacity(1 + encoded_len_varint(len as u64) + len);
+        key(&mut message, 1, WireType::LengthDelimited);
+        message.varint(len as u64);
+        customer.encode(&mut message);
         Self {
             message: message.into(),
             position: (c.create_time, c.id.uuid()),
@@ -192,12 +200,6 @@ fn len(body: &impl Body) -> usize {
     count.0
 }
 
-/// The length of a message field holding `body`, key and prefix included.
-fn len_field(body: &impl Body) -> usize {
-    let body = len(body);
-    1 + encoded_len_varint(body as u64) + body
-}
-
 /// A message field (set: written even when its body is empty).
 fn field(out: &mut impl Sink, tag: u32, body: &impl Body) {
     key(out, tag, WireType::LengthDelimited);
@@ -205,14 +207,31 @@ fn field(out: &mut impl Sink, tag: u32, body: &impl Body) {
     body.encode(out);
 }
 
-struct CustomerBody<'c, 'a>(&'c CustomerRef<'a>);
+/// Room for the id's text: `cus_` and 26 characters.
+const ID_BYTES: usize = 64;
+
+/// The id's text, formatted on the stack into `buf`.
+fn id_text<'b>(c: &CustomerRef<'_>, buf: &'b mut [u8; ID_BYTES]) -> &'b str {
+    let mut rest = &mut buf[..];
+    // The buffer holds any TypeID of this prefix; were it short, the id
+    // would be cut, and `encoded_as_prost_encodes` fails.
+    let _ = write!(rest, "{}", c.id);
+    let written = ID_BYTES - rest.len();
+    std::str::from_utf8(&buf[..written]).unwrap_or_default()
+}
+
+struct CustomerBody<'c, 'a> {
+    customer: &'c CustomerRef<'a>,
+    /// Its id's text, formatted once.
+    id: &'c str,
+}
 
 impl Body for CustomerBody<'_, '_> {
     fn encode(&self, out: &mut impl Sink) {
         // Every field, named: a new one does not compile until it is
         // encoded.
         let CustomerRef {
-            id,
+            id: _,
             state,
             external_id,
             email,
@@ -227,20 +246,8 @@ impl Body for CustomerBody<'_, '_> {
             update_time,
             archive_time,
             delete_time,
-        } = self.0;
-        // The id's text (`cus_` and 26 characters), formatted on the stack.
-        const ID_BYTES: usize = 64;
-        let mut text = [0u8; ID_BYTES];
-        let mut rest = &mut text[..];
-        // The buffer holds any TypeID of this prefix; were it short, the id
-        // would be cut, and `encoded_as_prost_encodes` fails.
-        let _ = write!(rest, "{id}");
-        let written = ID_BYTES - rest.len();
-        set_string(
-            out,
-            1,
-            std::str::from_utf8(&text[..written]).unwrap_or_default(),
-        );
+        } = self.customer;
+        set_string(out, 1, self.id);
         if let Some(external_id) = external_id {
             set_string(out, 2, external_id);
         }
