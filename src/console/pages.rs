@@ -411,7 +411,8 @@ pub async fn customers(
     };
     let page_size = console.inner.page_size;
     let mut rows =
-        store::list_batch(&pool, &ctx, &filter, after, page_size as i64 + 1, &cancel).await?;
+        store::list_batch::<Customer>(&pool, &ctx, &filter, after, page_size as i64 + 1, &cancel)
+            .await?;
     let next = (rows.len() > page_size).then(|| {
         rows.truncate(page_size);
         query.after(rows[page_size - 1].id)

@@ -147,12 +147,22 @@ pub struct Customer {
 impl Customer {
     /// The opaque etag: the revision, quoted like an HTTP entity tag.
     pub fn etag(&self) -> String {
-        format!("\"{}\"", self.revision)
+        Etag(self.revision).to_string()
     }
 
     /// Whether a caller's etag, if any, is the current one.
     pub fn etag_matches(&self, etag: Option<&str>) -> bool {
         etag.is_none_or(|etag| etag == self.etag())
+    }
+}
+
+/// The etag of a revision, as shown: the revision, quoted like an HTTP
+/// entity tag.
+pub struct Etag(pub i64);
+
+impl std::fmt::Display for Etag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\"", self.0)
     }
 }
 

@@ -14,7 +14,7 @@ pub use commands::{
     ChangeState, CreateCustomer, GetCustomer, ListCustomers, Lookup, Target, UpdateCustomer,
 };
 pub use customer::{
-    Address, AddressPart, Customer, CustomerFields, CustomerRef, FromCustomerRef, State,
+    Address, AddressPart, Customer, CustomerFields, CustomerRef, Etag, FromCustomerRef, State,
     ValidFields,
 };
 pub use events::{

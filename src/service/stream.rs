@@ -393,7 +393,7 @@ async fn stream_customers(
     let read = |after: Option<Position>, want: u64| {
         let (api, filter, cancel) = (api.clone(), filter.clone(), cancel.clone());
         let read = tokio::spawn(async move {
-            let batch = store::list_batch_as::<EncodedCustomer>(
+            let batch = store::list_batch::<EncodedCustomer>(
                 &api.pool,
                 &ctx,
                 &filter,

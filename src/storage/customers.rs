@@ -774,22 +774,10 @@ pub(super) fn like_pattern(query: &str) -> String {
 /// One keyset batch of a listing: at most `limit` customers strictly after
 /// `after` in the filter's order. A short read-only transaction of its own:
 /// nothing is held between batches. `cancel` calls the read off (see
-/// [`cancellable`]).
-pub async fn list_batch(
-    pool: &Pool,
-    ctx: &RequestContext,
-    filter: &ListFilter,
-    after: Option<Position>,
-    limit: i64,
-    cancel: &CancellationToken,
-) -> Result<Vec<Customer>, Error> {
-    list_batch_as(pool, ctx, filter, after, limit, cancel).await
-}
-
-/// [`list_batch`], each customer read in place into a `T` (see
-/// [`Listed`]): the gRPC stream encodes its messages straight from the
-/// rows.
-pub async fn list_batch_as<T: FromCustomerRef>(
+/// [`cancellable`]). Each customer is read in place into a `T` (see
+/// [`Listed`]): an owned [`Customer`], or for the gRPC stream its message,
+/// encoded straight from the row.
+pub async fn list_batch<T: FromCustomerRef>(
     pool: &Pool,
     ctx: &RequestContext,
     filter: &ListFilter,

@@ -22,8 +22,11 @@ use prost::{
     encoding::{DecodeContext, WireType, encode_varint, encoded_len_varint},
 };
 
+use prost_types::Timestamp;
+
+use super::customer::timestamp;
 use crate::{
-    domain::{CustomerRef, FromCustomerRef, State},
+    domain::{CustomerRef, Etag, FromCustomerRef},
     pb,
 };
 
@@ -109,10 +112,11 @@ pub struct EncodedCustomer {
 
 impl FromCustomerRef for EncodedCustomer {
     fn from_ref(c: CustomerRef<'_>) -> Self {
-        let mut id = [0u8; ID_BYTES];
+        let (mut id, mut etag) = ([0u8; TEXT_BYTES], [0u8; TEXT_BYTES]);
         let customer = CustomerBody {
             customer: &c,
-            id: id_text(&c, &mut id),
+            id: on_stack(c.id, &mut id),
+            etag: on_stack(Etag(c.revision), &mut etag),
         };
         // `customer = 1`: its key, its length, the customer.
         let len = len(&customer);
@@ -207,23 +211,25 @@ fn field(out: &mut impl Sink, tag: u32, body: &impl Body) {
     body.encode(out);
 }
 
-/// Room for the id's text: `cus_` and 26 characters.
-const ID_BYTES: usize = 64;
+/// Room for a short text formatted on the stack: an id (`cus_` and 26
+/// characters), an etag.
+const TEXT_BYTES: usize = 64;
 
-/// The id's text, formatted on the stack into `buf`.
-fn id_text<'b>(c: &CustomerRef<'_>, buf: &'b mut [u8; ID_BYTES]) -> &'b str {
+/// `value`'s text, formatted into `buf`.
+fn on_stack(value: impl std::fmt::Display, buf: &mut [u8; TEXT_BYTES]) -> &str {
     let mut rest = &mut buf[..];
-    // The buffer holds any TypeID of this prefix; were it short, the id
-    // would be cut, and `encoded_as_prost_encodes` fails.
-    let _ = write!(rest, "{}", c.id);
-    let written = ID_BYTES - rest.len();
+    // The buffer holds any id or etag; were it short, the text would be
+    // cut, and `encoded_as_prost_encodes` fails.
+    let _ = write!(rest, "{value}");
+    let written = TEXT_BYTES - rest.len();
     std::str::from_utf8(&buf[..written]).unwrap_or_default()
 }
 
 struct CustomerBody<'c, 'a> {
     customer: &'c CustomerRef<'a>,
-    /// Its id's text, formatted once.
+    /// Its id's text and its etag, formatted once.
     id: &'c str,
+    etag: &'c str,
 }
 
 impl Body for CustomerBody<'_, '_> {
@@ -241,7 +247,7 @@ impl Body for CustomerBody<'_, '_> {
             timezone,
             metadata,
             provider_ids,
-            revision,
+            revision: _,
             create_time,
             update_time,
             archive_time,
@@ -264,12 +270,7 @@ impl Body for CustomerBody<'_, '_> {
         for (k, v) in provider_ids {
             field(out, 9, &Entry(k, v));
         }
-        let state = match state {
-            State::Active => pb::customer::State::Active,
-            State::Archived => pb::customer::State::Archived,
-            State::Deleted => pb::customer::State::Deleted,
-        };
-        integer(out, 10, state as i64);
+        integer(out, 10, pb::customer::State::from(*state) as i64);
         field(out, 11, &TimestampBody(*create_time));
         field(out, 12, &TimestampBody(*update_time));
         if let Some(t) = archive_time {
@@ -278,14 +279,7 @@ impl Body for CustomerBody<'_, '_> {
         if let Some(t) = delete_time {
             field(out, 14, &TimestampBody(*t));
         }
-        // The etag: the revision, quoted (`Customer::etag`).
-        let mut etag = itoa::Buffer::new();
-        let digits = etag.format(*revision);
-        key(out, 15, WireType::LengthDelimited);
-        out.varint(digits.len() as u64 + 2);
-        out.put(b"\"");
-        out.put(digits.as_bytes());
-        out.put(b"\"");
+        string(out, 15, self.etag);
     }
 }
 
@@ -315,8 +309,9 @@ struct TimestampBody(DateTime<Utc>);
 
 impl Body for TimestampBody {
     fn encode(&self, out: &mut impl Sink) {
-        integer(out, 1, self.0.timestamp());
-        integer(out, 2, i64::from(self.0.timestamp_subsec_nanos()));
+        let Timestamp { seconds, nanos } = timestamp(self.0);
+        integer(out, 1, seconds);
+        integer(out, 2, i64::from(nanos));
     }
 }
 
@@ -327,7 +322,7 @@ mod tests {
     use proptest::{collection::btree_map, option, prelude::*};
 
     use super::*;
-    use crate::domain::{Address, Customer, CustomerFields, CustomerId};
+    use crate::domain::{Address, Customer, CustomerFields, CustomerId, State};
 
     /// `c`, borrowed as a listing reads it from its row.
     fn entries(

@@ -459,7 +459,7 @@ async fn a_pool_held_by_slow_calls_answers_others_unavailable_within_the_acquire
 async fn a_transaction_dropped_halfway_leaves_nothing_open_in_the_pool() {
     use customers::{
         context::RequestContext,
-        domain::{AppId, CustomerFields, ListFilter, Lookup},
+        domain::{AppId, Customer, CustomerFields, ListFilter, Lookup},
         storage::customers as store,
     };
     use tokio_util::sync::CancellationToken;
@@ -493,9 +493,16 @@ async fn a_transaction_dropped_halfway_leaves_nothing_open_in_the_pool() {
         let stuck = Duration::from_millis(300);
         let dropped = match round {
             "read" => tokio::time::timeout(stuck, async {
-                store::list_batch(&pool, &ctx, &ListFilter::default(), None, 10, &cancel)
-                    .await
-                    .map(|_| ())
+                store::list_batch::<Customer>(
+                    &pool,
+                    &ctx,
+                    &ListFilter::default(),
+                    None,
+                    10,
+                    &cancel,
+                )
+                .await
+                .map(|_| ())
             })
             .await
             .is_err(),
