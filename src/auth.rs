@@ -357,7 +357,11 @@ where
                     tracing::Span::current().record("app", tracing::field::display(app));
                     request.extensions_mut().insert(app);
                     request.extensions_mut().insert(key);
-                    inner.call(request).await
+                    // For the access log (see `metrics`), which sees the
+                    // response only.
+                    let mut response = inner.call(request).await?;
+                    response.extensions_mut().insert(app);
+                    Ok(response)
                 }
                 Err(e) => Ok(Status::from(e).into_http()),
             }

@@ -337,7 +337,10 @@ async fn key_holder(
 }
 
 /// A customer's row, as a future to pipeline on a shared connection: it
-/// sends its query when first polled.
+/// sends its query when first polled. Every caller's query is a unique
+/// lookup (the primary key, or an active customer's key), so it carries no
+/// `LIMIT`: a `Limit` node is one more plan node for PostgreSQL to set up
+/// and run on every call.
 // Not an `async fn`: its future's `Send` would have to be proved for every
 // lifetime of the query's borrows, which the callers' spawned futures cannot.
 #[allow(clippy::manual_async_fn)]
@@ -346,16 +349,14 @@ fn first_row<'c, R>(
     row: R,
 ) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c
 where
-    R: diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow>
-        + diesel::query_dsl::methods::LimitDsl
-        + Send
-        + 'c,
-    diesel::dsl::Limit<R>:
-        diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow> + Send + 'c,
+    R: diesel_async::methods::LoadQuery<'c, &'c AsyncPgConnection, CustomerRow> + Send + 'c,
 {
     async move {
         let mut shared = conn;
-        Ok(row.first::<CustomerRow>(&mut shared).await.optional()?)
+        Ok(row
+            .get_result::<CustomerRow>(&mut shared)
+            .await
+            .optional()?)
     }
 }
 

@@ -171,6 +171,36 @@ async fn sigterm_drains_in_flight_calls_cuts_streams_and_exits_zero() {
             "a key in the log: {line}"
         );
     }
+    // The access log: a line per call naming it, its status and its app
+    // (once authenticated), and no span (spans are for traces only).
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "customers::access")
+        .collect();
+    let line_of = |method: &str, code: &str| {
+        access
+            .iter()
+            .find(|v| v["grpc.method"] == method && v["grpc.code"] == code)
+            .unwrap_or_else(|| panic!("no {method} {code} line in {access:?}"))
+    };
+    let created = line_of("CreateCustomer", "OK");
+    assert_eq!(created["grpc.service"], "customers.v1.CustomerService");
+    assert_eq!(created["app"], AppId::DEFAULT.to_string());
+    assert!(
+        created["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{created}"
+    );
+    let refused = line_of("GetCustomer", "Unauthenticated");
+    assert!(refused.get("app").is_none(), "{refused}");
+    assert_eq!(line_of("UpdateCustomer", "OK")["app"], created["app"]);
+    line_of("ListCustomers", "Unavailable");
+    for line in &access {
+        assert!(
+            line.get("span").is_none() && line.get("spans").is_none(),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
