@@ -351,7 +351,7 @@ where
             crate::telemetry::parent_context(request.headers()),
         );
         self.metrics.started.get_or_create(&labels).inc();
-        let call = Call {
+        let mut call = Call {
             metrics: self.metrics.clone(),
             labels,
             start: Instant::now(),
@@ -362,7 +362,6 @@ where
         Box::pin(async move {
             let response = future.await?;
             let (parts, body) = response.into_parts();
-            let mut call = call;
             call.app = parts.extensions.get::<AppId>().copied();
             let call = match status_of(&parts.headers) {
                 // Trailers-only: the call is over.

@@ -56,7 +56,10 @@ impl<Q: Query> Query for Cached<Q> {
 /// prepared statement is cached and the text goes unused: for a customer's
 /// row (22 quoted columns, a filter) that is about 5% of a read's CPU in the
 /// service. The binds are still collected from `Q` on every call; only the
-/// text is kept. Give each statement a `static` of its own.
+/// text is kept. Build it with [`rendered!`], which gives each call site a
+/// `static` of its own (so not inside a generic function, whose
+/// instances would share it). Debug builds (the tests) render the text anew
+/// every time and check that it is the one kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Rendered<Q> {
     query: Q,
@@ -75,12 +78,19 @@ impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Rendered<Q> {
     }
 
     fn to_sql(&self, out: &mut PgQueryBuilder, backend: &Pg) -> QueryResult<()> {
+        let render = || -> QueryResult<String> {
+            let mut own = PgQueryBuilder::default();
+            self.query.to_sql(&mut own, backend)?;
+            Ok(own.finish())
+        };
         let sql = match self.sql.get() {
-            Some(sql) => sql,
+            Some(sql) => {
+                debug_assert_eq!(*sql, render()?, "one text per statement");
+                sql
+            }
             None => {
-                let mut own = PgQueryBuilder::default();
-                self.query.to_sql(&mut own, backend)?;
-                self.sql.get_or_init(|| own.finish())
+                let sql = render()?;
+                self.sql.get_or_init(|| sql)
             }
         };
         out.push_sql(sql);
@@ -91,6 +101,15 @@ impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Rendered<Q> {
         self.query.is_safe_to_cache_prepared(backend)
     }
 }
+
+/// `Rendered::new($query, …)` with a `static` of this call site's own.
+macro_rules! rendered {
+    ($query:expr) => {{
+        static SQL: ::std::sync::OnceLock<String> = ::std::sync::OnceLock::new();
+        $crate::storage::cached::Rendered::new($query, &SQL)
+    }};
+}
+pub(crate) use rendered;
 
 impl<Q: QueryId> QueryId for Rendered<Q> {
     type QueryId = Q::QueryId;
@@ -132,5 +151,15 @@ mod tests {
         let kept = SQL.get().expect("rendered once");
         assert!(kept.contains("$1") && kept.contains("$2"), "{kept}");
         assert!(!kept.contains(&Uuid::nil().to_string()), "{kept}");
+    }
+
+    #[test]
+    #[should_panic(expected = "one text per statement")]
+    fn two_statements_sharing_a_text_are_caught_in_debug_builds() {
+        static SQL: OnceLock<String> = OnceLock::new();
+        let by_id = c::table.filter(c::id.eq(Uuid::nil())).select(c::id);
+        let by_email = c::table.filter(c::email.eq("a@example.com")).select(c::id);
+        let _ = debug_query::<Pg, _>(&Rendered::new(by_id, &SQL)).to_string();
+        let _ = debug_query::<Pg, _>(&Rendered::new(by_email, &SQL)).to_string();
     }
 }

@@ -1,7 +1,7 @@
 //! The SQL of every customer operation. Each write is one transaction, and
 //! every query is scoped by the app.
 
-use std::{collections::BTreeMap, sync::OnceLock};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     HotRead, Pool, TxConnection, begin_shared,
-    cached::{Cached, Rendered},
+    cached::{Cached, rendered},
     connect, events,
     listed::Listed,
     models::{CustomerColumns, CustomerRow, NewCustomer, NewProviderId},
@@ -126,14 +126,12 @@ async fn lock_target(
     let row = match target {
         // Begin and locked row in one round trip.
         Target::Id(id) => {
-            static SQL: OnceLock<String> = OnceLock::new();
             let row = first_row(
                 conn,
-                Rendered::new(
+                rendered!(
                     customer_by_id(app.0, id.uuid())
                         .select(CustomerRow::as_select())
-                        .for_update(),
-                    &SQL,
+                        .for_update()
                 ),
             );
             let ((), row) = futures_util::try_join!(begin_shared(conn, begin), row)?;
@@ -374,16 +372,10 @@ fn key_holder_read<'c>(
     use futures_util::future::Either::{Left, Right};
     match &fields.external_id {
         Some(external_id) => Left(by_external_id_read(conn, app, external_id)),
-        None => {
-            static SQL: OnceLock<String> = OnceLock::new();
-            Right(first_row(
-                conn,
-                Rendered::new(
-                    active_by_email(app, &fields.email).select(CustomerRow::as_select()),
-                    &SQL,
-                ),
-            ))
-        }
+        None => Right(first_row(
+            conn,
+            rendered!(active_by_email(app, &fields.email).select(CustomerRow::as_select())),
+        )),
     }
 }
 
@@ -393,13 +385,9 @@ fn by_id_read(
     app: Uuid,
     id: Uuid,
 ) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + '_ {
-    static SQL: OnceLock<String> = OnceLock::new();
     first_row(
         conn,
-        Rendered::new(
-            customer_by_id(app, id).select(CustomerRow::as_select()),
-            &SQL,
-        ),
+        rendered!(customer_by_id(app, id).select(CustomerRow::as_select())),
     )
 }
 
@@ -409,13 +397,9 @@ fn by_external_id_read<'c>(
     app: Uuid,
     external_id: &'c str,
 ) -> impl Future<Output = Result<Option<CustomerRow>, Error>> + Send + 'c {
-    static SQL: OnceLock<String> = OnceLock::new();
     first_row(
         conn,
-        Rendered::new(
-            active_by_external_id(app, external_id).select(CustomerRow::as_select()),
-            &SQL,
-        ),
+        rendered!(active_by_external_id(app, external_id).select(CustomerRow::as_select())),
     )
 }
 
