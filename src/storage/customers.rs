@@ -255,7 +255,7 @@ pub async fn create(
     for _ in 0..CREATE_ATTEMPTS {
         let id = CustomerId::generate();
         let span = super::transaction_span("create");
-        let outcome = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+        let outcome = write_transaction!(pool, &mut conn, ctx, span, |conn, begin| {
             // Begin and insert in one round trip.
             let mut shared: &AsyncPgConnection = conn;
             let insert = diesel::insert_into(c::table)
@@ -543,7 +543,7 @@ async fn write_existing(
             Write::Archive => "archive",
             Write::Delete => "delete",
         });
-        let result = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+        let result = write_transaction!(pool, &mut conn, ctx, span, |conn, begin| {
             let current = match open_write(conn, ctx, begin, target, etag, write).await? {
                 Opened::Proceed(current) => current,
                 Opened::AlreadyDone(current) => return Ok(Written::unchanged(current)),

@@ -78,7 +78,7 @@ pub(super) async fn append(
 pub async fn sequence(pool: &Pool, ctx: &RequestContext) -> Result<u64, Error> {
     let mut conn = TxConnection::new(connect(pool, ctx.deadline).await?);
     let span = super::transaction_span("sequence");
-    let head = write_transaction!(&mut conn, ctx, span, |conn, begin| {
+    let head = write_transaction!(pool, &mut conn, ctx, span, |conn, begin| {
         let mut shared: &AsyncPgConnection = conn;
         let head =
             diesel::select(sequence_customer_events(ctx.app.0)).get_result::<i64>(&mut shared);

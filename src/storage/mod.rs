@@ -2,7 +2,7 @@
 
 /// Runs `$body` (with `$conn` bound to the connection) as a read of the
 /// call: a pooled connection ([`connect_for_read`]), a read-only
-/// repeatable-read transaction scoped to the call ([`begin_read_sql`]),
+/// repeatable-read transaction scoped to the call ([`Pool::begin_read_sql`]),
 /// cancelled in PostgreSQL if `$cancel` fires first ([`cancellable`]). The
 /// one path of every customer read. A macro rather than a function taking
 /// an async closure: such a closure's future cannot be promised `Send`.
@@ -29,7 +29,7 @@ macro_rules! read {
     };
     ($pool:expr, $ctx:expr, $cancel:expr, |$conn:ident, $scope:ident, $commit:ident| $body:block) => {{
         let pool: &$crate::storage::Pool = $pool;
-        let begin = $crate::storage::begin_read_sql($ctx)?;
+        let begin = pool.begin_read_sql($ctx)?;
         let mut pooled = $crate::storage::TxConnection::new(
             $crate::storage::connect_for_read(pool, $ctx, $cancel).await?,
         );
@@ -67,7 +67,7 @@ macro_rules! read {
 /// Runs `$body` as one write transaction of the call on `$conn` (a
 /// [`TxConnection`] the caller holds, so that it may retry on it), in
 /// `$span`.
-/// `$begin` is the batch that starts it ([`begin_write_sql`]: `BEGIN` and
+/// `$begin` is the batch that starts it ([`Pool::begin_write_sql`]: `BEGIN` and
 /// the scope), which the body sends with [`begin_shared`] joined with its
 /// first statement, so that both take one round trip. Ends with `COMMIT` if
 /// the body succeeded, else `ROLLBACK` ([`end_transaction`]), and evaluates
@@ -75,9 +75,10 @@ macro_rules! read {
 /// connection is lost: the [`TxConnection`] stays `in_transaction`, and
 /// leaves the pool when dropped.
 macro_rules! write_transaction {
-    ($conn:expr, $ctx:expr, $span:expr, |$c:ident, $begin:ident| $body:block) => {{
+    ($pool:expr, $conn:expr, $ctx:expr, $span:expr, |$c:ident, $begin:ident| $body:block) => {{
+        let pool: &$crate::storage::Pool = $pool;
         let guarded: &mut $crate::storage::TxConnection = $conn;
-        match $crate::storage::begin_write_sql($ctx) {
+        match pool.begin_write_sql($ctx) {
             Err(e) => Err(e),
             Ok(begin) => {
                 guarded.in_transaction = true;
@@ -165,6 +166,32 @@ pub struct Pool {
     prepared: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(ObjectId, HotRead)>>>,
     /// Which trigrams are common, for searches ([`search`]).
     search: std::sync::Arc<search::SearchStatistics>,
+    /// What the connections are, learnt when the first one opens.
+    session: std::sync::Arc<std::sync::OnceLock<Session>>,
+}
+
+/// What each connection of a pool is once it has opened: all alike, for
+/// they log in the same way. It lets a transaction's scope leave out the
+/// `SET LOCAL`s that would change nothing ([`scope_sql_for`]): a third of
+/// a lookup's work in PostgreSQL was its scope's five statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// The connection logged in as [`SERVICE_ROLE`] itself.
+    pub service_login: bool,
+    /// The database has Citus.
+    pub citus: bool,
+    /// The `statement_timeout` (ms) that the connection set for its whole
+    /// session when it opened.
+    pub statement_timeout_ms: u128,
+}
+
+/// The row of the query that learns a [`Session`].
+#[derive(diesel::QueryableByName)]
+struct SessionFacts {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    service_login: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    citus: bool,
 }
 
 impl std::ops::Deref for Pool {
@@ -176,6 +203,29 @@ impl std::ops::Deref for Pool {
 }
 
 impl Pool {
+    /// The batch that starts a read transaction of the call on one of this
+    /// pool's connections (for [`Self::session`]).
+    pub fn begin_read_sql(&self, ctx: &RequestContext) -> Result<String, Error> {
+        Ok(format!(
+            "{READ_BEGIN}; {}",
+            scope_sql_for(ctx, self.session.get())?
+        ))
+    }
+
+    /// The batch that starts a write transaction of the call on one of this
+    /// pool's connections (for [`Self::session`]).
+    pub fn begin_write_sql(&self, ctx: &RequestContext) -> Result<String, Error> {
+        Ok(format!(
+            "BEGIN; {}",
+            scope_sql_for(ctx, self.session.get())?
+        ))
+    }
+
+    /// What this pool's connections are, once one has opened.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.get()
+    }
+
     /// The search statistics ([`search`]). When they are a minute old, the
     /// first caller to notice loads them again in its own read (one more
     /// round trip, once a minute per replica) while the others go on with
@@ -414,8 +464,11 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
     // pings the database on a connection of its own.
     config.recycling_method = RecyclingMethod::Fast;
     let transaction_pooler = options.transaction_pooler;
+    let session = std::sync::Arc::new(std::sync::OnceLock::new());
+    let learnt = session.clone();
     config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
+        let learnt = learnt.clone();
         Box::pin(async move {
             let mut conn = connection::establish_for(&url, transaction_pooler).await?;
             if transaction_pooler {
@@ -434,6 +487,22 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
                 conn.batch_execute(&format!("SET statement_timeout = {statement_timeout_ms}"))
                     .await
                     .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                // Behind a pooler the session is not ours to know: every
+                // transaction keeps its whole scope.
+                if learnt.get().is_none() {
+                    let facts: SessionFacts = diesel::sql_query(format!(
+                        "SELECT current_user = '{SERVICE_ROLE}' AS service_login, \
+                         EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus"
+                    ))
+                    .get_result(&mut conn)
+                    .await
+                    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                    let _ = learnt.set(Session {
+                        service_login: facts.service_login,
+                        citus: facts.citus,
+                        statement_timeout_ms,
+                    });
+                }
             }
             Ok(conn)
         })
@@ -451,6 +520,7 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
         keeps_prepared: !transaction_pooler,
         prepared: Default::default(),
         search: Default::default(),
+        session,
     })
 }
 
@@ -543,34 +613,45 @@ pub const SERVICE_ROLE: &str = "customers_service";
 /// harmless placeholder on plain PostgreSQL). Every value is formatted from a
 /// typed one (a UUID, an integer), never from caller text.
 pub fn scope_sql(ctx: &RequestContext) -> Result<String, Error> {
+    scope_sql_for(ctx, None)
+}
+
+/// [`scope_sql`] on a connection whose [`Session`] is known: without the
+/// statements that would change nothing there. Logged in as
+/// [`SERVICE_ROLE`], no `SET LOCAL ROLE`; without Citus, no
+/// `citus.propagate_set_commands`; with no deadline nearer than the
+/// session's own `statement_timeout`, no `SET LOCAL statement_timeout`.
+/// The app is always set: row-level security shows nothing without it.
+pub fn scope_sql_for(ctx: &RequestContext, session: Option<&Session>) -> Result<String, Error> {
+    use std::fmt::Write;
     let timeout = ctx.statement_timeout().ok_or(Error::DeadlineExceeded)?;
-    Ok(format!(
-        "SET LOCAL citus.propagate_set_commands = 'local'; \
-         SET LOCAL ROLE {SERVICE_ROLE}; \
-         SET LOCAL customers.app_id = '{}'; \
-         SET LOCAL statement_timeout = {}",
-        ctx.app.0.hyphenated(),
-        timeout.as_millis()
-    ))
+    let mut sql = String::with_capacity(192);
+    if session.is_none_or(|s| s.citus) {
+        sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
+    }
+    if session.is_none_or(|s| !s.service_login) {
+        let _ = write!(sql, "SET LOCAL ROLE {SERVICE_ROLE}; ");
+    }
+    let _ = write!(
+        sql,
+        "SET LOCAL customers.app_id = '{}'",
+        ctx.app.0.hyphenated()
+    );
+    if session.is_none_or(|s| s.statement_timeout_ms != timeout.as_millis()) {
+        let _ = write!(
+            sql,
+            "; SET LOCAL statement_timeout = {}",
+            timeout.as_millis()
+        );
+    }
+    Ok(sql)
 }
 
-/// The batch that starts a write transaction scoped to the call (see
-/// [`write_transaction`]).
-pub fn begin_write_sql(ctx: &RequestContext) -> Result<String, Error> {
-    Ok(format!("BEGIN; {}", scope_sql(ctx)?))
-}
+/// How a read begins: a read-only repeatable-read transaction (one snapshot
+/// for all its queries).
+const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
-/// The one batch that starts a read: a read-only repeatable-read
-/// transaction (one snapshot for all its queries), scoped to the call
-/// ([`scope_sql`]).
-pub fn begin_read_sql(ctx: &RequestContext) -> Result<String, Error> {
-    Ok(format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {}",
-        scope_sql(ctx)?
-    ))
-}
-
-/// Sends `begin` ([`begin_read_sql`], [`begin_write_sql`]) on a shared
+/// Sends `begin` ([`Pool::begin_read_sql`], [`Pool::begin_write_sql`]) on a shared
 /// connection, so that the queries after it can be pipelined behind it: its
 /// batch is sent when the future is first polled, theirs after, and
 /// PostgreSQL runs them in that order. Were the order ever broken,
@@ -843,5 +924,66 @@ mod tests {
         assert_eq!(key_of("customer_provider_ids_key_7"), Some(Key::ProviderId));
         assert_eq!(key_of("customers_pkey_102008"), None);
         assert_eq!(key_of("customers_email_key_x1"), None);
+    }
+
+    #[test]
+    fn a_known_session_leaves_out_only_the_settings_that_change_nothing() {
+        use std::time::Duration;
+
+        use super::{Session, scope_sql, scope_sql_for};
+        use crate::{context::RequestContext, domain::AppId};
+
+        let ctx = RequestContext::new(AppId::DEFAULT, Duration::from_secs(30));
+        let app = format!("SET LOCAL customers.app_id = '{}'", AppId::DEFAULT.0);
+        // Unknown: every setting.
+        let full = scope_sql(&ctx).unwrap();
+        assert_eq!(
+            full,
+            format!(
+                "SET LOCAL citus.propagate_set_commands = 'local'; \
+                 SET LOCAL ROLE customers_service; {app}; SET LOCAL statement_timeout = 30000"
+            )
+        );
+        // The service's own login, no Citus, the same timeout: the app only.
+        let plain = Session {
+            service_login: true,
+            citus: false,
+            statement_timeout_ms: 30_000,
+        };
+        assert_eq!(scope_sql_for(&ctx, Some(&plain)).unwrap(), app);
+        // Each fact that differs brings its setting back.
+        let owner = Session {
+            service_login: false,
+            ..plain
+        };
+        assert_eq!(
+            scope_sql_for(&ctx, Some(&owner)).unwrap(),
+            format!("SET LOCAL ROLE customers_service; {app}")
+        );
+        let citus = Session {
+            citus: true,
+            ..plain
+        };
+        assert_eq!(
+            scope_sql_for(&ctx, Some(&citus)).unwrap(),
+            format!("SET LOCAL citus.propagate_set_commands = 'local'; {app}")
+        );
+        let longer = Session {
+            statement_timeout_ms: 60_000,
+            ..plain
+        };
+        assert_eq!(
+            scope_sql_for(&ctx, Some(&longer)).unwrap(),
+            format!("{app}; SET LOCAL statement_timeout = 30000")
+        );
+        // A deadline nearer than the session's timeout is set.
+        let mut near = ctx;
+        near.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+        let scoped = scope_sql_for(&near, Some(&plain)).unwrap();
+        assert!(scoped.starts_with(&format!("{app}; SET LOCAL statement_timeout = ")));
+        assert_ne!(
+            scoped,
+            format!("{app}; SET LOCAL statement_timeout = 30000")
+        );
     }
 }

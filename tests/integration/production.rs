@@ -49,6 +49,57 @@ async fn serves_as_a_login_that_owns_nothing() {
     .await
     .unwrap();
     assert_eq!(listed, [updated]);
+
+    // Logged in as the role, without Citus, and with no deadline nearer
+    // than the session's statement_timeout, a transaction's scope sets the
+    // app alone (`storage::scope_sql_for`)...
+    assert_eq!(
+        svc.pool.session(),
+        Some(&storage::Session {
+            service_login: true,
+            citus: !citus_workers().is_empty(),
+            statement_timeout_ms: storage::PoolOptions::default()
+                .statement_timeout
+                .as_millis(),
+        })
+    );
+    // ... and a call's deadline still bounds it: an update that the
+    // owner's row lock blocks ends at its deadline, its statement gone.
+    let uuid =
+        c.id.parse::<customers::domain::CustomerId>()
+            .unwrap()
+            .uuid();
+    owner
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM customers WHERE id = '{uuid}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(pb::UpdateCustomerRequest {
+        customer: Some(pb::Customer {
+            id: c.id.clone(),
+            name: "Blocked".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_millis(300));
+    assert_error(
+        client.update_customer(request).await,
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+    );
+    assert_eq!(
+        count_on(
+            owner,
+            "SELECT count(*) AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND usename = 'customers_service'
+               AND wait_event_type = 'Lock'",
+        )
+        .await,
+        0
+    );
+    owner.batch_execute("ROLLBACK").await.unwrap();
     archive(&mut client, &c.id, "").await.unwrap();
     delete(&mut client, &c.id, "").await.unwrap();
 
