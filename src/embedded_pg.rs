@@ -55,8 +55,51 @@ pub struct Cluster {
     root: PathBuf,
     port: u16,
     password: Option<String>,
+    /// The directory of the Unix-domain socket the cluster also listens on,
+    /// when it has one (see [`socket_dir`]).
+    socket_dir: Option<PathBuf>,
     pid: Pid,
     supervisor: Option<JoinHandle<()>>,
+}
+
+/// The longest path of a Unix-domain socket (`sun_path`, less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The directory of the cluster's Unix-domain socket: `<root>/socket`,
+/// private to the server's user (and root), where the service connects.
+/// None when the cluster requires TLS (a socket carries none, and
+/// `configure_tls` lets only `hostssl` in), or when the socket's path would
+/// be too long or could not be written in `unix_socket_directories` (a
+/// comma separates its entries): the service then connects over TCP.
+fn socket_dir(root: &Path, port: u16, tls: bool, run_as: Option<&User>) -> Result<Option<PathBuf>> {
+    let dir = root.join("socket");
+    let text = dir.to_string_lossy();
+    let socket_len = text.len() + format!("/.s.PGSQL.{port}").len();
+    if tls || socket_len > MAX_SOCKET_PATH || text.contains([',', '\\', '\'', '"']) {
+        return Ok(None);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    if let Some(user) = run_as {
+        chown(dir.as_path(), Some(user.uid), Some(user.gid))?;
+    }
+    Ok(Some(dir))
+}
+
+/// `bytes` percent-encoded but for URL-safe characters, as a URL's host
+/// (tokio-postgres, like libpq, reads a host that decodes to a path as the
+/// directory of a Unix-domain socket).
+fn percent_encode(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// The superuser that `initdb` creates.
@@ -104,12 +147,17 @@ impl Cluster {
             None => Vec::new(),
         };
 
+        let socket_dir = socket_dir(&root, port, options.tls.is_some(), run_as.as_ref())?;
+        let sockets = match &socket_dir {
+            Some(dir) => format!("unix_socket_directories={}", dir.display()),
+            None => "unix_socket_directories=".to_owned(),
+        };
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
             .arg(&pgdata)
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "unix_socket_directories="])
+            .args(["-c", &sockets])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -131,6 +179,7 @@ impl Cluster {
             root,
             port,
             password,
+            socket_dir,
             pid,
             supervisor: Some(supervisor),
         };
@@ -151,10 +200,13 @@ impl Cluster {
                 password
             }
         };
-        let url = format!(
-            "postgres://{role}:{password}@127.0.0.1:{}/{dbname}",
-            self.port
-        );
+        // Through the socket when there is one: on the same machine, it
+        // costs both sides much less per message than TCP over loopback.
+        let host = match &self.socket_dir {
+            Some(dir) => percent_encode(dir.as_os_str().as_encoded_bytes()),
+            None => "127.0.0.1".to_owned(),
+        };
+        let url = format!("postgres://{role}:{password}@{host}:{}/{dbname}", self.port);
         Ok((url, password))
     }
 

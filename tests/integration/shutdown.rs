@@ -221,14 +221,43 @@ async fn sigterm_stops_the_embedded_postgres_too() {
     health_becomes(&mut watch, ServingStatus::Serving, Duration::from_secs(10)).await;
     drop(watch);
     let pid_file = data.join("pgdata/postmaster.pid");
-    let postmaster: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid_lines = std::fs::read_to_string(&pid_file).unwrap();
+    let mut pid_lines = pid_lines.lines();
+    let postmaster: u32 = pid_lines.next().unwrap().parse().unwrap();
     assert!(customers::embedded_pg::process_alive(postmaster));
+
+    // The service reaches its PostgreSQL through the cluster's private
+    // socket (no client address), as its own role; the owner, over TCP.
+    let pg_port = pid_lines.nth(2).unwrap();
+    let password = std::fs::read_to_string(data.join("superuser-password")).unwrap();
+    let mut owner = AsyncPgConnection::establish(&format!(
+        "postgres://postgres:{}@127.0.0.1:{pg_port}/customers",
+        password.trim()
+    ))
+    .await
+    .unwrap();
+    let service = "FROM pg_stat_activity WHERE application_name = 'customers' \
+                   AND datname = 'customers' AND pid <> pg_backend_pid()";
+    assert!(count_on(&mut owner, &format!("SELECT count(*) AS n {service}")).await > 0);
+    assert_eq!(
+        count_on(
+            &mut owner,
+            &format!(
+                "SELECT count(*) AS n {service} \
+                 AND (client_addr IS NOT NULL OR usename <> 'customers_service')"
+            )
+        )
+        .await,
+        0
+    );
+    assert!(
+        std::fs::metadata(data.join("socket")).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o077 == 0
+        }),
+        "the socket's directory is private"
+    );
+    drop(owner);
 
     process.signal(Signal::SIGINT);
     let exit = process.exit(Duration::from_secs(30)).await;
