@@ -10,7 +10,9 @@
 //! One PostgreSQL cluster with durable settings (fsync on, as the service's
 //! own embedded mode runs it, not the throwaway settings of the tests);
 //! `BENCH_CUSTOMERS` customers seeded in the default app; the release
-//! service binary as its own process, with its default pool of 16
+//! service binary as its own process, logged in as its own role
+//! (`customers_service`, which owns nothing, as in the embedded mode; with
+//! `BENCH_DATABASE_URL`, as that URL's user), with its default pool of 16
 //! connections, no per-app limits and its default logging (`info`: one
 //! access-log line per call, its stderr read through a pipe as a log
 //! collector reads it). Then, per operation:
@@ -89,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("customers-versus-pg-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let runtime = tokio::runtime::Runtime::new()?;
-        let result = runtime.block_on(run_on(&url, &dir, &settings));
+        let result = runtime.block_on(run_on(&url, &dir, &settings, None));
         let _ = std::fs::remove_dir_all(dir);
         return result;
     }
@@ -156,13 +158,38 @@ impl Settings {
 
 async fn run(cluster: &Cluster, settings: &Settings) -> anyhow::Result<()> {
     storage::create_database(&cluster.url("postgres"), "bench", None).await?;
-    run_on(&cluster.url("bench"), cluster.root(), settings).await
+    // The service logs in as its own role, as in the embedded mode.
+    let service = cluster.service_url(storage::SERVICE_ROLE, "bench")?;
+    run_on(
+        &cluster.url("bench"),
+        cluster.root(),
+        settings,
+        Some(service),
+    )
+    .await
 }
 
-async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()> {
+/// Seeds the database at `url` (as its owner) and measures. `service`: the
+/// URL and password of the service's own login ([`storage::SERVICE_ROLE`]),
+/// which the service then serves with (as in the embedded mode, where it
+/// does not own the tables); without it, the service logs in as the owner
+/// and acts as the role in each transaction.
+async fn run_on(
+    url: &str,
+    dir: &Path,
+    settings: &Settings,
+    service: Option<(String, String)>,
+) -> anyhow::Result<()> {
     let n = settings.customers;
     let url = url.to_owned();
     storage::migrate(&url).await?;
+    let service_url = match service {
+        Some((service_url, password)) => {
+            storage::enable_service_login(&url, &password).await?;
+            service_url
+        }
+        None => url.clone(),
+    };
     let db = owner_connection(&url).await?;
 
     println!("Seeding {n} customers...");
@@ -186,7 +213,7 @@ async fn run_on(url: &str, dir: &Path, settings: &Settings) -> anyhow::Result<()
     search_windows(&db, n).await?;
     let auth = default_app_key(&url).await?;
 
-    let (server, endpoint) = start_service(&url).await?;
+    let (server, endpoint) = start_service(&service_url, &url).await?;
     let mut clients = Vec::new();
     for _ in 0..CHANNELS {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
@@ -301,13 +328,14 @@ async fn search_windows(db: &tokio_postgres::Client, customers: u64) -> anyhow::
 // The service
 
 /// Starts the release binary on `url` and waits until it is ready.
-async fn start_service(url: &str) -> anyhow::Result<(Server, String)> {
+async fn start_service(url: &str, owner_url: &str) -> anyhow::Result<(Server, String)> {
     // Measure the service, not the per-app limits: no call rate limit, and
     // no limit on open streams (the search runs 32 streams at once, above
     // the default 16).
     let env = [
         ("CUSTOMERS_APP_RATE_LIMIT", "0"),
         ("CUSTOMERS_APP_MAX_STREAMS", "0"),
+        ("CUSTOMERS_MIGRATE_DATABASE_URL", owner_url),
     ];
     let (server, endpoint, _) = spawn_service(url, false, &env).await?;
     Ok((server, endpoint))
