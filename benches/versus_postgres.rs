@@ -255,6 +255,11 @@ async fn run_on(
             rows.push(row);
         }
     }
+    if settings.runs(Call::GetById.key()) {
+        bench
+            .minimal_lookup_over_socket(&service_url, &rows, &mut notes)
+            .await?;
+    }
     if settings.runs(LIST_KEY) {
         rows.push(bench.list_everything(&db, &mut notes).await?);
     }
@@ -699,6 +704,48 @@ struct Measured {
 
 impl Bench {
     /// The service's figures for `call` (after a warm-up), then pgbench's.
+    /// When the service reaches PostgreSQL through a Unix-domain socket (the
+    /// embedded mode's), pgbench's minimal lookup over that socket too, as a
+    /// note: the table's pgbench figures are over TCP, as a client of the
+    /// embedded server connects, and a socket costs both ends less.
+    async fn minimal_lookup_over_socket(
+        &self,
+        service_url: &str,
+        rows: &[Row],
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let config = tokio_postgres::Config::from_str(service_url)?;
+        let [tokio_postgres::config::Host::Unix(dir)] = config.get_hosts() else {
+            return Ok(());
+        };
+        let over_socket = PgBench {
+            host: dir.display().to_string(),
+            ..self.pgbench.clone()
+        };
+        let result = over_socket
+            .run(&Call::GetById.script(self.customers), None)
+            .await?;
+        let Some(tps) = result.tps else {
+            notes.push(format!(
+                "pgbench's minimal lookup over the Unix socket failed: {}",
+                result.failure.as_deref().unwrap_or("no tps")
+            ));
+            return Ok(());
+        };
+        let ratios = rows
+            .iter()
+            .filter(|row| row.operation.starts_with(Call::GetById.name()))
+            .map(|row| format!("{} {:.2}", row.operation, row.service / tps))
+            .collect::<Vec<_>>()
+            .join(", ");
+        notes.push(format!(
+            "The service connects through the cluster's Unix socket; the pgbench \
+             figures above, over TCP. pgbench's minimal lookup over the socket: \
+             {tps:.0} tps; ratio to it: {ratios}"
+        ));
+        Ok(())
+    }
+
     async fn compare(&self, call: Call, notes: &mut Vec<String>) -> anyhow::Result<Row> {
         self.measure(call, WARM_UP).await?;
         let wal_before = Wal::now(&self.db).await?;
@@ -1036,6 +1083,7 @@ impl Bench {
 // pgbench
 
 /// pgbench against the bench database, with `CALLERS` clients.
+#[derive(Clone)]
 struct PgBench {
     program: PathBuf,
     host: String,
