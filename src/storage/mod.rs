@@ -172,8 +172,8 @@ pub struct Pool {
 
 /// What each connection of a pool is once it has opened: all alike, for
 /// they log in the same way. It lets a transaction's scope leave out the
-/// `SET LOCAL`s that would change nothing ([`scope_sql_for`]): a third of
-/// a lookup's work in PostgreSQL was its scope's five statements.
+/// `SET LOCAL`s that would change nothing ([`scope_sql_for`]), each a
+/// statement that PostgreSQL parses and runs in every transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
     /// The connection logged in as [`SERVICE_ROLE`] itself.
