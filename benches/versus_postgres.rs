@@ -703,7 +703,6 @@ struct Measured {
 }
 
 impl Bench {
-    /// The service's figures for `call` (after a warm-up), then pgbench's.
     /// When the service reaches PostgreSQL through a Unix-domain socket (the
     /// embedded mode's), pgbench's minimal lookup over that socket too, as a
     /// note: the table's pgbench figures are over TCP, as a client of the
@@ -746,6 +745,7 @@ impl Bench {
         Ok(())
     }
 
+    /// The service's figures for `call` (after a warm-up), then pgbench's.
     async fn compare(&self, call: Call, notes: &mut Vec<String>) -> anyhow::Result<Row> {
         self.measure(call, WARM_UP).await?;
         let wal_before = Wal::now(&self.db).await?;

@@ -206,19 +206,13 @@ impl Pool {
     /// The batch that starts a read transaction of the call on one of this
     /// pool's connections (for [`Self::session`]).
     pub fn begin_read_sql(&self, ctx: &RequestContext) -> Result<String, Error> {
-        Ok(format!(
-            "{READ_BEGIN}; {}",
-            scope_sql_for(ctx, self.session.get())?
-        ))
+        scoped_sql(READ_BEGIN, ctx, self.session.get())
     }
 
     /// The batch that starts a write transaction of the call on one of this
     /// pool's connections (for [`Self::session`]).
     pub fn begin_write_sql(&self, ctx: &RequestContext) -> Result<String, Error> {
-        Ok(format!(
-            "BEGIN; {}",
-            scope_sql_for(ctx, self.session.get())?
-        ))
+        scoped_sql("BEGIN; ", ctx, self.session.get())
     }
 
     /// What this pool's connections are, once one has opened.
@@ -487,8 +481,8 @@ pub fn pool(database_url: &str, options: &PoolOptions) -> anyhow::Result<Pool> {
                 conn.batch_execute(&format!("SET statement_timeout = {statement_timeout_ms}"))
                     .await
                     .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-                // Behind a pooler the session is not ours to know: every
-                // transaction keeps its whole scope.
+                // Learnt here only: behind a pooler the session is not ours
+                // to know, and every transaction keeps its whole scope.
                 if learnt.get().is_none() {
                     let facts: SessionFacts = diesel::sql_query(format!(
                         "SELECT current_user = '{SERVICE_ROLE}' AS service_login, \
@@ -600,7 +594,8 @@ pub fn transaction_span(kind: &'static str) -> tracing::Span {
 /// owner, so row-level security applies (see the second migration).
 pub const SERVICE_ROLE: &str = "customers_service";
 
-/// The statements that scope the rest of a transaction to a call: act as
+/// The statements that scope the rest of a transaction to a call, all of
+/// them (for a connection of unknown [`Session`]): act as
 /// [`SERVICE_ROLE`] (a no-op when the service logs in as it), set
 /// `customers.app_id` (which row-level security filters on), and bound
 /// every statement by the call's deadline, never beyond the server's own
@@ -623,9 +618,20 @@ pub fn scope_sql(ctx: &RequestContext) -> Result<String, Error> {
 /// session's own `statement_timeout`, no `SET LOCAL statement_timeout`.
 /// The app is always set: row-level security shows nothing without it.
 pub fn scope_sql_for(ctx: &RequestContext, session: Option<&Session>) -> Result<String, Error> {
+    scoped_sql("", ctx, session)
+}
+
+/// `head` followed by [`scope_sql_for`], written into one string (a call's
+/// batch is built on its hot path).
+fn scoped_sql(
+    head: &str,
+    ctx: &RequestContext,
+    session: Option<&Session>,
+) -> Result<String, Error> {
     use std::fmt::Write;
     let timeout = ctx.statement_timeout().ok_or(Error::DeadlineExceeded)?;
-    let mut sql = String::with_capacity(192);
+    let mut sql = String::with_capacity(head.len() + 192);
+    sql.push_str(head);
     if session.is_none_or(|s| s.citus) {
         sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
     }
@@ -648,8 +654,8 @@ pub fn scope_sql_for(ctx: &RequestContext, session: Option<&Session>) -> Result<
 }
 
 /// How a read begins: a read-only repeatable-read transaction (one snapshot
-/// for all its queries).
-const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+/// for all its queries), then the scope.
+const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; ";
 
 /// Sends `begin` ([`Pool::begin_read_sql`], [`Pool::begin_write_sql`]) on a shared
 /// connection, so that the queries after it can be pipelined behind it: its
@@ -975,6 +981,16 @@ mod tests {
         assert_eq!(
             scope_sql_for(&ctx, Some(&longer)).unwrap(),
             format!("{app}; SET LOCAL statement_timeout = 30000")
+        );
+        // A pool that has not opened a connection yet begins with all of it.
+        let pool = super::pool("postgres://u@127.0.0.1:1/db", &Default::default()).unwrap();
+        assert_eq!(
+            pool.begin_read_sql(&ctx).unwrap(),
+            format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {full}")
+        );
+        assert_eq!(
+            pool.begin_write_sql(&ctx).unwrap(),
+            format!("BEGIN; {full}")
         );
         // A deadline nearer than the session's timeout is set.
         let mut near = ctx;
