@@ -633,7 +633,7 @@ fn scoped_sql(
     let mut sql = String::with_capacity(head.len() + 192);
     sql.push_str(head);
     if session.is_none_or(|s| s.citus) {
-        sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
+        sql.push_str(CITUS_PROPAGATE);
     }
     if session.is_none_or(|s| !s.service_login) {
         let _ = write!(sql, "SET LOCAL ROLE {SERVICE_ROLE}; ");
@@ -657,15 +657,42 @@ fn scoped_sql(
 /// for all its queries), then the scope.
 const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; ";
 
+/// The setting that has Citus replay the scope's `SET LOCAL`s on its
+/// workers (see [`begin_messages`]).
+const CITUS_PROPAGATE: &str = "SET LOCAL citus.propagate_set_commands = 'local'; ";
+
+/// A transaction's opening batch as the messages to send: the whole batch,
+/// or, where Citus may replay the scope, its `BEGIN`, then the scope. Citus
+/// replays a `SET LOCAL` on a worker by sending it the text of the whole
+/// message the setting came in; with the `BEGIN` in that text, every worker
+/// would log "there is already a transaction in progress" for each setting
+/// of each transaction (and the coordinator would log it again).
+fn begin_messages(begin: &str) -> (&str, Option<&str>) {
+    match begin.split_once("; ") {
+        Some((head, scope)) if head.starts_with("BEGIN") && scope.starts_with(CITUS_PROPAGATE) => {
+            (head, Some(scope))
+        }
+        _ => (begin, None),
+    }
+}
+
 /// Sends `begin` ([`Pool::begin_read_sql`], [`Pool::begin_write_sql`]) on a shared
 /// connection, so that the queries after it can be pipelined behind it: its
 /// batch is sent when the future is first polled, theirs after, and
 /// PostgreSQL runs them in that order. Were the order ever broken,
 /// row-level security would show the queries nothing (no app set), not
 /// another app's rows.
+///
+/// Where Citus may replay the scope, the `BEGIN` and the scope go as two
+/// messages ([`begin_messages`]), pipelined: still one round trip.
 pub async fn begin_shared(conn: &AsyncPgConnection, begin: &str) -> Result<(), Error> {
-    let mut shared = conn;
-    shared.batch_execute(begin).await?;
+    let (mut shared, mut again) = (conn, conn);
+    match begin_messages(begin) {
+        (batch, None) => shared.batch_execute(batch).await?,
+        (head, Some(scope)) => {
+            futures_util::try_join!(shared.batch_execute(head), again.batch_execute(scope))?;
+        }
+    }
     Ok(())
 }
 
@@ -991,6 +1018,26 @@ mod tests {
         assert_eq!(
             pool.begin_write_sql(&ctx).unwrap(),
             format!("BEGIN; {full}")
+        );
+        // Where Citus may replay the scope, the BEGIN goes apart from it;
+        // elsewhere the batch is one message.
+        let begin = pool.begin_write_sql(&ctx).unwrap();
+        assert_eq!(
+            super::begin_messages(&begin),
+            ("BEGIN", Some(full.as_str()))
+        );
+        let read = format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {app}");
+        assert_eq!(super::begin_messages(&read), (read.as_str(), None));
+        let citus_read = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {}",
+            scope_sql_for(&ctx, Some(&citus)).unwrap()
+        );
+        assert_eq!(
+            super::begin_messages(&citus_read),
+            (
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                Some(scope_sql_for(&ctx, Some(&citus)).unwrap().as_str())
+            )
         );
         // A deadline nearer than the session's timeout is set.
         let mut near = ctx;
