@@ -28,7 +28,9 @@
 //!   first (see [`Bench::compare`]).
 //!
 //! Listing every customer is compared with a binary `COPY` of the same rows
-//! in the same order, in rows/s.
+//! in the same order, in rows/s, twice: with the stream's messages read as
+//! the COPY's bytes are (taken and dropped), then decoded, as an application
+//! reads them (the client's decoding shares the machine's two cores).
 //!
 //! Beside each throughput: latency percentiles (pgbench's from its log of a
 //! sample of its transactions), the service's CPU time per call, and the
@@ -217,16 +219,21 @@ async fn run_on(
     let auth = default_app_key(&url).await?;
 
     let (server, endpoint) = start_service(&service_url, &url).await?;
-    let mut clients = Vec::new();
+    let mut channels = Vec::new();
     for _ in 0..CHANNELS {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
             .connect()
             .await?;
-        clients.push(CustomerServiceClient::new(channel));
+        channels.push(channel);
     }
     let bench = Bench {
         endpoint: endpoint.clone(),
-        clients,
+        clients: channels
+            .iter()
+            .cloned()
+            .map(CustomerServiceClient::new)
+            .collect(),
+        channel: channels[0].clone(),
         auth,
         customers: n,
         duration: Duration::from_secs(settings.seconds),
@@ -264,7 +271,7 @@ async fn run_on(
             .await?;
     }
     if settings.runs(LIST_KEY) {
-        rows.push(bench.list_everything(&db, &mut notes).await?);
+        rows.extend(bench.list_everything(&db, &mut notes).await?);
     }
     for call in [
         Call::Search,
@@ -619,12 +626,41 @@ fn same_customer(customer: Option<&pb::Customer>, expected: &str) -> Result<(), 
 // ---------------------------------------------------------------------------
 // Measuring
 
+/// A `ListCustomersResponse` left undecoded: its one field is skipped, its
+/// bytes taken and dropped, as the COPY's rows are.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Undecoded {}
+
+/// What one listing stream did.
+struct Streamed {
+    received: u64,
+    /// The messages' bytes, as decoded (none when left undecoded).
+    bytes: usize,
+    seconds: f64,
+    /// The service's CPU time, then PostgreSQL's, while it ran.
+    cpu: Duration,
+    pg_cpu: Duration,
+    error: Option<String>,
+}
+
+impl Streamed {
+    fn rows_per_s(&self) -> f64 {
+        self.received as f64 / self.seconds
+    }
+
+    fn cpu_us_per_row(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.received.max(1) as f64
+    }
+}
+
 /// What every measurement shares.
 struct Bench {
     /// The service's address (`http://127.0.0.1:<port>`).
     endpoint: String,
     /// Clients over `CHANNELS` connections to the service.
     clients: Vec<Client>,
+    /// The first of those connections (for the listing's own clients).
+    channel: Channel,
     auth: Auth,
     /// Customers seeded: calls pick one of 1 to this.
     customers: u64,
@@ -1019,12 +1055,17 @@ impl Bench {
 
     /// Every active customer through one ListCustomers stream (the default
     /// request), then the same rows in the same order through a binary COPY.
+    /// Two rows: the stream read as the COPY is (each message's bytes taken
+    /// and dropped: like for like), then the stream read by a client that
+    /// decodes every message into a `pb::Customer`, as an application does
+    /// (the client shares the cores, so its decoding slows the service).
     async fn list_everything(
         &self,
         db: &tokio_postgres::Client,
         notes: &mut Vec<String>,
-    ) -> anyhow::Result<Row> {
+    ) -> anyhow::Result<[Row; 2]> {
         const NAME: &str = "ListCustomers, every customer";
+        const DECODED: &str = "ListCustomers, every customer, decoded";
         let select = format!(
             "SELECT * FROM customers WHERE app_id = '{APP}' AND state = 'active' \
              ORDER BY create_time, id"
@@ -1035,40 +1076,12 @@ impl Bench {
             .get(0);
         let expected = expected as u64;
 
-        let cpu_before = cpu_time(self.service_pid)?;
-        let pg_cpu_before = postgres_cpu_time()?;
-        let started = Instant::now();
-        let mut received = 0u64;
-        let mut error = None;
-        let request = authorized(pb::ListCustomersRequest::default(), &self.auth);
-        match self.clients[0].clone().list_customers(request).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(_)) => received += 1,
-                        Ok(None) => break,
-                        Err(e) => {
-                            error = Some(status(e));
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => error = Some(status(e)),
-        }
-        let service_elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_time(self.service_pid)? - cpu_before;
-        let pg_cpu = postgres_cpu_time()? - pg_cpu_before;
-        if error.is_none() && received != expected {
-            error = Some(format!("streamed {received} of {expected} customers"));
-        }
-        if let Some(error) = &error {
-            notes.push(format!("{NAME}: {error}"));
-        }
+        let undecoded = self.stream_everything::<Undecoded>(expected).await?;
+        let decoded = self
+            .stream_everything::<pb::ListCustomersResponse>(expected)
+            .await?;
 
-        // The COPY's bytes are read and dropped, as the stream's messages
-        // are.
+        // The COPY's bytes are read and dropped.
         let copy_cpu_before = postgres_cpu_time()?;
         let started = Instant::now();
         let copy = db
@@ -1081,29 +1094,92 @@ impl Bench {
         }
         let copy_elapsed = started.elapsed().as_secs_f64();
         let copy_cpu = postgres_cpu_time()? - copy_cpu_before;
+        let copy_rows_per_s = expected as f64 / copy_elapsed;
         notes.push(format!(
-            "{NAME}: {received} customers streamed in {service_elapsed:.2} s; \
-             COPY of {expected} rows ({} MiB) in {copy_elapsed:.2} s",
+            "{NAME}: {} customers streamed in {:.2} s, and {} in {:.2} s decoded ({} MiB \
+             of messages); COPY of {expected} rows ({} MiB) in {copy_elapsed:.2} s",
+            undecoded.received,
+            undecoded.seconds,
+            decoded.received,
+            decoded.seconds,
+            decoded.bytes >> 20,
             bytes >> 20
         ));
-        println!(
-            "{NAME:<38} service {:>8.0} rows/s; COPY {:.0} rows/s",
-            received as f64 / service_elapsed,
-            expected as f64 / copy_elapsed
+        let rows = [(NAME, undecoded), (DECODED, decoded)].map(|(operation, streamed)| {
+            if let Some(error) = &streamed.error {
+                notes.push(format!("{operation}: {error}"));
+            }
+            println!(
+                "{operation:<38} service {:>8.0} rows/s; COPY {copy_rows_per_s:.0} rows/s",
+                streamed.rows_per_s()
+            );
+            Row {
+                operation,
+                service: streamed.rows_per_s(),
+                rows: true,
+                p50_ms: None,
+                p99_ms: None,
+                errors: u64::from(streamed.error.is_some()),
+                service_cpu_us: streamed.cpu_us_per_row(streamed.cpu),
+                service_pg_cpu_us: streamed.cpu_us_per_row(streamed.pg_cpu),
+                postgres: Some(copy_rows_per_s),
+                postgres_p50_ms: None,
+                postgres_p99_ms: None,
+                postgres_cpu_us: Some(copy_cpu.as_secs_f64() * 1e6 / expected.max(1) as f64),
+            }
+        });
+        Ok(rows)
+    }
+
+    /// One ListCustomers stream of every customer, its messages decoded as
+    /// `M` (the default request; `expected` customers).
+    async fn stream_everything<M>(&self, expected: u64) -> anyhow::Result<Streamed>
+    where
+        M: prost::Message + Default + Send + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/customers.v1.CustomerService/ListCustomers",
         );
-        Ok(Row {
-            operation: NAME,
-            service: received as f64 / service_elapsed,
-            rows: true,
-            p50_ms: None,
-            p99_ms: None,
-            errors: u64::from(error.is_some()),
-            service_cpu_us: cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
-            service_pg_cpu_us: pg_cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
-            postgres: Some(expected as f64 / copy_elapsed),
-            postgres_p50_ms: None,
-            postgres_p99_ms: None,
-            postgres_cpu_us: Some(copy_cpu.as_secs_f64() * 1e6 / expected.max(1) as f64),
+        let codec = tonic_prost::ProstCodec::<pb::ListCustomersRequest, M>::default();
+        let request = authorized(pb::ListCustomersRequest::default(), &self.auth);
+
+        let cpu_before = cpu_time(self.service_pid)?;
+        let pg_cpu_before = postgres_cpu_time()?;
+        let started = Instant::now();
+        let (mut received, mut bytes) = (0u64, 0usize);
+        let mut error = None;
+        grpc.ready().await?;
+        match grpc.server_streaming(request, path, codec).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            received += 1;
+                            bytes += message.encoded_len();
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            error = Some(status(e));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => error = Some(status(e)),
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if error.is_none() && received != expected {
+            error = Some(format!("streamed {received} of {expected} customers"));
+        }
+        Ok(Streamed {
+            received,
+            bytes,
+            seconds,
+            cpu: cpu_time(self.service_pid)? - cpu_before,
+            pg_cpu: postgres_cpu_time()? - pg_cpu_before,
+            error,
         })
     }
 }
