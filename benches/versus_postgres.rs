@@ -677,7 +677,8 @@ struct Bench {
 }
 
 /// The cluster's WAL written so far (`pg_stat_wal`): every process's, the
-/// checkpointer's and autovacuum's included.
+/// checkpointer's and autovacuum's included, as each backend reports it
+/// (which can be a second or more after the fact: a rough figure).
 #[derive(Clone, Copy)]
 struct Wal {
     bytes: f64,
