@@ -676,9 +676,11 @@ struct Bench {
     db: tokio_postgres::Client,
 }
 
-/// The cluster's WAL written so far (`pg_stat_wal`): every process's, the
-/// checkpointer's and autovacuum's included, as each backend reports it
-/// (which can be a second or more after the fact: a rough figure).
+/// The cluster's WAL written so far, every process's (the checkpointer's
+/// and autovacuum's included): its bytes exactly (the insert position), its
+/// full-page images as `pg_stat_wal` counts them, which is as each backend
+/// reports them, a second or more after the fact for a busy connection (a
+/// rough figure).
 #[derive(Clone, Copy)]
 struct Wal {
     bytes: f64,
@@ -689,7 +691,8 @@ impl Wal {
     async fn now(db: &tokio_postgres::Client) -> anyhow::Result<Self> {
         let row = db
             .query_one(
-                "SELECT wal_bytes::float8, wal_fpi::float8 FROM pg_stat_wal",
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8, \
+                 wal_fpi::float8 FROM pg_stat_wal",
                 &[],
             )
             .await?;
