@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    HotRead, Pool, TxConnection, begin_shared,
+    Begin, HotRead, Pool, TxConnection, begin_shared,
     cached::{Cached, rendered},
     connect, events,
     listed::Listed,
@@ -119,7 +119,7 @@ fn customer_of(row: Option<CustomerRow>) -> Result<Option<Customer>, Error> {
 async fn lock_target(
     conn: &mut AsyncPgConnection,
     ctx: &RequestContext,
-    begin: &str,
+    begin: &Begin,
     target: &Target,
 ) -> Result<Customer, Error> {
     let app = ctx.app;
@@ -474,7 +474,7 @@ enum Opened {
 async fn open_write(
     conn: &mut AsyncPgConnection,
     ctx: &RequestContext,
-    begin: &str,
+    begin: &Begin,
     target: &Target,
     etag: Option<&str>,
     write: Write<'_>,

@@ -91,7 +91,7 @@ macro_rules! write_transaction {
                         let result =
                             (async || -> ::std::result::Result<_, $crate::error::Error> {
                                 let $c: &mut ::diesel_async::AsyncPgConnection = &mut *conn;
-                                let $begin: &str = &begin;
+                                let $begin: &$crate::storage::Begin = &begin;
                                 $body
                             })()
                             .await;
@@ -205,14 +205,14 @@ impl std::ops::Deref for Pool {
 impl Pool {
     /// The batch that starts a read transaction of the call on one of this
     /// pool's connections (for [`Self::session`]).
-    pub fn begin_read_sql(&self, ctx: &RequestContext) -> Result<String, Error> {
-        scoped_sql(READ_BEGIN, ctx, self.session.get())
+    pub fn begin_read_sql(&self, ctx: &RequestContext) -> Result<Begin, Error> {
+        Begin::new(READ_BEGIN, ctx, self.session.get())
     }
 
     /// The batch that starts a write transaction of the call on one of this
     /// pool's connections (for [`Self::session`]).
-    pub fn begin_write_sql(&self, ctx: &RequestContext) -> Result<String, Error> {
-        scoped_sql("BEGIN; ", ctx, self.session.get())
+    pub fn begin_write_sql(&self, ctx: &RequestContext) -> Result<Begin, Error> {
+        Begin::new("BEGIN; ", ctx, self.session.get())
     }
 
     /// What this pool's connections are, once one has opened.
@@ -618,39 +618,67 @@ pub fn scope_sql(ctx: &RequestContext) -> Result<String, Error> {
 /// session's own `statement_timeout`, no `SET LOCAL statement_timeout`.
 /// The app is always set: row-level security shows nothing without it.
 pub fn scope_sql_for(ctx: &RequestContext, session: Option<&Session>) -> Result<String, Error> {
-    scoped_sql("", ctx, session)
+    Ok(Begin::new("", ctx, session)?.sql)
 }
 
-/// `head` followed by [`scope_sql_for`], written into one string (a call's
-/// batch is built on its hot path).
-fn scoped_sql(
-    head: &str,
-    ctx: &RequestContext,
-    session: Option<&Session>,
-) -> Result<String, Error> {
-    use std::fmt::Write;
-    let timeout = ctx.statement_timeout().ok_or(Error::DeadlineExceeded)?;
-    let mut sql = String::with_capacity(head.len() + 192);
-    sql.push_str(head);
-    if session.is_none_or(|s| s.citus) {
-        sql.push_str(CITUS_PROPAGATE);
-    }
-    if session.is_none_or(|s| !s.service_login) {
-        let _ = write!(sql, "SET LOCAL ROLE {SERVICE_ROLE}; ");
-    }
-    let _ = write!(
-        sql,
-        "SET LOCAL customers.app_id = '{}'",
-        ctx.app.0.hyphenated()
-    );
-    if session.is_none_or(|s| s.statement_timeout_ms != timeout.as_millis()) {
+/// The batch that starts a transaction of a call ([`Pool::begin_read_sql`],
+/// [`Pool::begin_write_sql`]): its `BEGIN`, then [`scope_sql_for`], written
+/// into one string (it is built on every call's path).
+#[derive(Debug, Clone)]
+pub struct Begin {
+    sql: String,
+    /// Where Citus may replay the scope: the length of the `BEGIN` (less
+    /// its `; `), which goes as a message of its own (see
+    /// [`Begin::messages`]).
+    citus_split: Option<usize>,
+}
+
+impl Begin {
+    fn new(head: &str, ctx: &RequestContext, session: Option<&Session>) -> Result<Self, Error> {
+        use std::fmt::Write;
+        let timeout = ctx.statement_timeout().ok_or(Error::DeadlineExceeded)?;
+        let mut sql = String::with_capacity(head.len() + 192);
+        sql.push_str(head);
+        let mut citus_split = None;
+        if session.is_none_or(|s| s.citus) {
+            citus_split = head.strip_suffix("; ").map(str::len);
+            sql.push_str(CITUS_PROPAGATE);
+        }
+        if session.is_none_or(|s| !s.service_login) {
+            let _ = write!(sql, "SET LOCAL ROLE {SERVICE_ROLE}; ");
+        }
         let _ = write!(
             sql,
-            "; SET LOCAL statement_timeout = {}",
-            timeout.as_millis()
+            "SET LOCAL customers.app_id = '{}'",
+            ctx.app.0.hyphenated()
         );
+        if session.is_none_or(|s| s.statement_timeout_ms != timeout.as_millis()) {
+            let _ = write!(
+                sql,
+                "; SET LOCAL statement_timeout = {}",
+                timeout.as_millis()
+            );
+        }
+        Ok(Self { sql, citus_split })
     }
-    Ok(sql)
+
+    /// The whole batch, as one string.
+    pub fn as_str(&self) -> &str {
+        &self.sql
+    }
+
+    /// The messages to send: the whole batch, or, where Citus may replay
+    /// the scope, its `BEGIN`, then the scope. Citus replays a `SET LOCAL`
+    /// on a worker by sending it the text of the whole message the setting
+    /// came in; with the `BEGIN` in that text, every worker would log
+    /// "there is already a transaction in progress" for each setting of
+    /// each transaction (and the coordinator would log it again).
+    fn messages(&self) -> (&str, Option<&str>) {
+        match self.citus_split {
+            Some(at) => (&self.sql[..at], Some(&self.sql[at + "; ".len()..])),
+            None => (&self.sql, None),
+        }
+    }
 }
 
 /// How a read begins: a read-only repeatable-read transaction (one snapshot
@@ -658,23 +686,8 @@ fn scoped_sql(
 const READ_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; ";
 
 /// The setting that has Citus replay the scope's `SET LOCAL`s on its
-/// workers (see [`begin_messages`]).
+/// workers (see [`Begin::messages`]).
 const CITUS_PROPAGATE: &str = "SET LOCAL citus.propagate_set_commands = 'local'; ";
-
-/// A transaction's opening batch as the messages to send: the whole batch,
-/// or, where Citus may replay the scope, its `BEGIN`, then the scope. Citus
-/// replays a `SET LOCAL` on a worker by sending it the text of the whole
-/// message the setting came in; with the `BEGIN` in that text, every worker
-/// would log "there is already a transaction in progress" for each setting
-/// of each transaction (and the coordinator would log it again).
-fn begin_messages(begin: &str) -> (&str, Option<&str>) {
-    match begin.split_once("; ") {
-        Some((head, scope)) if head.starts_with("BEGIN") && scope.starts_with(CITUS_PROPAGATE) => {
-            (head, Some(scope))
-        }
-        _ => (begin, None),
-    }
-}
 
 /// Sends `begin` ([`Pool::begin_read_sql`], [`Pool::begin_write_sql`]) on a shared
 /// connection, so that the queries after it can be pipelined behind it: its
@@ -684,10 +697,10 @@ fn begin_messages(begin: &str) -> (&str, Option<&str>) {
 /// another app's rows.
 ///
 /// Where Citus may replay the scope, the `BEGIN` and the scope go as two
-/// messages ([`begin_messages`]), pipelined: still one round trip.
-pub async fn begin_shared(conn: &AsyncPgConnection, begin: &str) -> Result<(), Error> {
+/// messages ([`Begin::messages`]), pipelined: still one round trip.
+pub async fn begin_shared(conn: &AsyncPgConnection, begin: &Begin) -> Result<(), Error> {
     let (mut shared, mut again) = (conn, conn);
-    match begin_messages(begin) {
+    match begin.messages() {
         (batch, None) => shared.batch_execute(batch).await?,
         (head, Some(scope)) => {
             futures_util::try_join!(shared.batch_execute(head), again.batch_execute(scope))?;
@@ -963,7 +976,7 @@ mod tests {
     fn a_known_session_leaves_out_only_the_settings_that_change_nothing() {
         use std::time::Duration;
 
-        use super::{Session, scope_sql, scope_sql_for};
+        use super::{Begin, READ_BEGIN, Session, scope_sql, scope_sql_for};
         use crate::{context::RequestContext, domain::AppId};
 
         let ctx = RequestContext::new(AppId::DEFAULT, Duration::from_secs(30));
@@ -989,56 +1002,48 @@ mod tests {
             service_login: false,
             ..plain
         };
-        assert_eq!(
-            scope_sql_for(&ctx, Some(&owner)).unwrap(),
-            format!("SET LOCAL ROLE customers_service; {app}")
-        );
         let citus = Session {
             citus: true,
             ..plain
         };
-        assert_eq!(
-            scope_sql_for(&ctx, Some(&citus)).unwrap(),
-            format!("SET LOCAL citus.propagate_set_commands = 'local'; {app}")
-        );
         let longer = Session {
             statement_timeout_ms: 60_000,
             ..plain
         };
-        assert_eq!(
-            scope_sql_for(&ctx, Some(&longer)).unwrap(),
-            format!("{app}; SET LOCAL statement_timeout = 30000")
-        );
-        // A pool that has not opened a connection yet begins with all of it.
-        let pool = super::pool("postgres://u@127.0.0.1:1/db", &Default::default()).unwrap();
-        assert_eq!(
-            pool.begin_read_sql(&ctx).unwrap(),
-            format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {full}")
-        );
-        assert_eq!(
-            pool.begin_write_sql(&ctx).unwrap(),
-            format!("BEGIN; {full}")
-        );
-        // Where Citus may replay the scope, the BEGIN goes apart from it;
-        // elsewhere the batch is one message.
-        let begin = pool.begin_write_sql(&ctx).unwrap();
-        assert_eq!(
-            super::begin_messages(&begin),
-            ("BEGIN", Some(full.as_str()))
-        );
-        let read = format!("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {app}");
-        assert_eq!(super::begin_messages(&read), (read.as_str(), None));
-        let citus_read = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {}",
-            scope_sql_for(&ctx, Some(&citus)).unwrap()
-        );
-        assert_eq!(
-            super::begin_messages(&citus_read),
+        for (session, expected) in [
+            (owner, format!("SET LOCAL ROLE customers_service; {app}")),
             (
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                Some(scope_sql_for(&ctx, Some(&citus)).unwrap().as_str())
-            )
+                citus,
+                format!("SET LOCAL citus.propagate_set_commands = 'local'; {app}"),
+            ),
+            (
+                longer,
+                format!("{app}; SET LOCAL statement_timeout = 30000"),
+            ),
+        ] {
+            assert_eq!(scope_sql_for(&ctx, Some(&session)).unwrap(), expected);
+        }
+        // A pool that has not opened a connection yet begins with all of it,
+        // its BEGIN a message apart from the scope (Citus may be there).
+        let pool = super::pool("postgres://u@127.0.0.1:1/db", &Default::default()).unwrap();
+        let read_head = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+        for (begin, head) in [
+            (pool.begin_read_sql(&ctx).unwrap(), read_head),
+            (pool.begin_write_sql(&ctx).unwrap(), "BEGIN"),
+        ] {
+            assert_eq!(begin.as_str(), format!("{head}; {full}"));
+            assert_eq!(begin.messages(), (head, Some(full.as_str())));
+        }
+        // With Citus known, the same; without it, the batch is one message.
+        let citus_read = Begin::new(READ_BEGIN, &ctx, Some(&citus)).unwrap();
+        let citus_scope = scope_sql_for(&ctx, Some(&citus)).unwrap();
+        assert_eq!(
+            citus_read.messages(),
+            (read_head, Some(citus_scope.as_str()))
         );
+        let plain_read = Begin::new(READ_BEGIN, &ctx, Some(&plain)).unwrap();
+        assert_eq!(plain_read.as_str(), format!("{read_head}; {app}"));
+        assert_eq!(plain_read.messages(), (plain_read.as_str(), None));
         // A deadline nearer than the session's timeout is set.
         let mut near = ctx;
         near.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(2));
